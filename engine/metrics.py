@@ -1,0 +1,62 @@
+"""The Severstal competition metric.
+
+The score is the mean, over every (image, class) pair, of
+Dice = 2|X n Y| / (|X| + |Y|), defined as 1 when both masks are empty. It is
+computed from per-pair counts, never from a Dice over a flattened batch (a
+different, wrong number). Per-pair counts are what ranks exchange under DDP:
+gathering them and then averaging gives exactly the single-process score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from datasets.severstal import CLASS_IDS
+
+
+def pair_counts(pred, truth) -> np.ndarray:
+    """Per-(image, class) counts for the Dice.
+
+    pred, truth: bool-like [N, C, H, W] (numpy or torch) or [C, H, W].
+    Returns int64 [N, C, 3]: |X n Y|, |X|, |Y|.
+    """
+    if isinstance(pred, np.ndarray):
+        pred, truth = torch.from_numpy(pred), torch.from_numpy(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != truth shape {tuple(truth.shape)}")
+    if pred.ndim == 3:
+        pred, truth = pred[None], truth[None]
+    pred, truth = pred.bool().flatten(2), truth.bool().flatten(2)
+    inter = (pred & truth).sum(-1)
+    return torch.stack([inter, pred.sum(-1), truth.sum(-1)], -1).cpu().numpy().astype(np.int64)
+
+
+def dice_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Dice per pair from ``pair_counts`` output [..., 3]; 1 where both are empty."""
+    counts = np.asarray(counts, np.float64)
+    inter, n_pred, n_true = counts[..., 0], counts[..., 1], counts[..., 2]
+    denom = n_pred + n_true
+    return np.where(denom == 0, 1.0, 2.0 * inter / np.maximum(denom, 1))
+
+
+def kaggle_score(dice: np.ndarray) -> dict:
+    """Summarise a per-pair Dice matrix [N images, 4 classes].
+
+    Returns {"score": mean over all pairs, "per_class": {"1": .., "4": ..}}.
+    """
+    dice = np.asarray(dice, np.float64)
+    if dice.ndim != 2 or dice.shape[1] != len(CLASS_IDS):
+        raise ValueError(f"expected a Dice matrix [N, {len(CLASS_IDS)}], got shape {dice.shape}")
+    if dice.shape[0] == 0:
+        raise ValueError("no images to score")
+    return {
+        "score": float(dice.mean()),
+        "per_class": {str(c): float(dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
+    }
+
+
+def empty_baseline(truth_nonempty: np.ndarray) -> dict:
+    """Score of the all-empty submission, from a bool matrix [N, 4] that says
+    which truth masks are non-empty."""
+    return kaggle_score(np.where(np.asarray(truth_nonempty, bool), 0.0, 1.0))
