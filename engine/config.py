@@ -1,0 +1,310 @@
+"""Typed experiment configuration.
+
+The defaults live here, with comments; a YAML file holds only what differs
+from them; ``--section.key=value`` arguments (exactly what a W&B sweep agent's
+``${args}`` passes) override the file. Unknown keys and values of the wrong
+type or outside their choices fail before any work, naming the key and the
+valid ones. The resolved config is plain data (``to_dict``) so it can be
+written next to a run and stored inside checkpoints read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An unknown key or a bad value in a config file or override."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"  # a folder in the Severstal layout (train.csv, train_images/)
+    train_csv: str = "train.csv"  # either layout; images with no row are defect-free
+    train_images: str = "train_images"
+    image_height: int = 256
+    image_width: int = 1600
+    folds: int = 5  # K of the K-fold split; validation is fold `fold`
+    fold: int = 0
+    split_seed: int = 42
+    split_file: str = ""  # "" = <root>/folds_k<folds>_s<split_seed>.csv (or in output_dir if root is read-only)
+    crop_height: int = 256
+    crop_width: int = 256  # training crop; 0 = whole strips
+    crop_widths: list[int] = field(default_factory=list)  # several widths: one drawn per batch (9th place)
+    crop_defect_prob: float = 0.8  # chance a crop is centred on a defect when the image has one
+    min_instance_area: int = 16  # connected components smaller than this are not instances (Mask R-CNN)
+    batch_size: int = 8
+    val_batch_size: int = 4  # whole 1600x256 strips
+    num_workers: int = 2
+    max_train_images: int = 0  # 0 = all; a cap for smoke runs
+    max_val_images: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities (0 disables) and limits; `strength` scales every limit."""
+
+    strength: float = 1.0
+    hflip: float = 0.5
+    vflip: float = 0.5
+    brightness_contrast: float = 0.5
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+    gamma: float = 0.3
+    gamma_limit: float = 0.2  # gamma drawn in [1 - limit, 1 + limit]
+    noise: float = 0.2
+    noise_std: float = 0.03  # in units of the 0..1 intensity range
+    blur: float = 0.1
+    blur_limit: int = 5  # largest odd kernel size
+    affine: float = 0.3
+    shift_limit: float = 0.05  # fraction of the crop size
+    scale_limit: float = 0.1
+    rotate_limit: float = 5.0  # degrees
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["unet", "maskrcnn", "classifier"] = "unet"  # a key of models.MODELS
+    arch: str = "Unet"  # smp architecture: Unet, FPN, UnetPlusPlus, Linknet, PSPNet, DeepLabV3Plus, ...
+    encoder: str = "resnet34"  # any smp or timm ("tu-...") encoder
+    encoder_weights: Optional[str] = None  # "imagenet" needs internet; None never downloads
+    num_classes: int = 4
+    classification_head: bool = False  # image-level class logits from the encoder (gates masks)
+    # Mask R-CNN
+    backbone: str = "resnet50"  # resnet50 | resnet50_v2 | resnet18
+    trainable_backbone_layers: int = 5
+    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.125, 0.5, 1.0, 2.0, 8.0])
+    detections_per_image: int = 100
+    score_threshold: float = 0.05
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    """A weighted sum; a weight of 0 leaves that term out."""
+
+    bce: float = 1.0
+    dice: float = 0.0
+    focal: float = 0.0
+    lovasz: float = 0.0
+    pos_weight: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # BCE, per class
+    focal_gamma: float = 2.0
+    cls: float = 0.0  # BCE on image-level labels, for models with a classification head
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "sgd", "radam"] = "adamw"
+    lr: float = 3e-4  # decoder / head learning rate
+    encoder_lr: Optional[float] = None  # None = lr
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    scheduler: Literal["cosine", "onecycle", "plateau", "constant"] = "cosine"
+    warmup_epochs: float = 0.0  # linear warm-up before cosine
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of the peak
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    amp: Literal["off", "bf16", "fp16"] = "off"  # fp16 needs CUDA (GradScaler); bf16 runs on CPU too
+    channels_last: bool = False
+    accum_steps: int = 1
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    ema: float = 0.0  # EMA decay of weights (e.g. 0.999); 0 = off; validation uses the EMA weights
+    seed: int = 42
+    deterministic: bool = True  # deterministic kernels where available
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_steps_per_epoch: int = 0  # 0 = a full pass; a cap for smoke runs
+    val_threshold: float = 0.5  # pixel threshold for the validation score
+    n_overlays: int = 4  # validation overlays logged per epoch
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["disabled", "offline", "online"] = "offline"  # never prompts for a login
+    project: str = "severstal"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PredictConfig:
+    tile: int = 256  # square tiles
+    stride: int = 224  # 7 tiles across 1600 with no padding
+    blend: Literal["gaussian", "pyramid", "mean"] = "gaussian"
+    sigma_scale: float = 0.125  # gaussian sigma as a fraction of the tile size (as MONAI)
+    tta: Literal["none", "hflip", "hvflip"] = "none"
+    full_frame: bool = False  # whole strips instead of tiles
+    batch_size: int = 16  # tiles per forward
+    num_workers: int = 2
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+
+
+@dataclass
+class PostprocessConfig:
+    """Per class 1..4."""
+
+    threshold: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5, 0.5])
+    min_component_area: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    min_total_area: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    gate: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # class-probability gate; 0 = off
+    file: str = ""  # a json from scripts/tune_postprocess.py; overrides the lists above
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
+    """Defaults, then ``base`` (e.g. a checkpoint's stored config), then the YAML
+    file at ``path``, then ``--section.key=value`` overrides."""
+    cfg = Config()
+    if base:
+        apply_dict(cfg, base, source="stored config")
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        apply_dict(cfg, data, source=str(path))
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def apply_dict(cfg, data: dict, source: str, prefix: str = "") -> None:
+    """Set fields of the dataclass ``cfg`` from a nested mapping, type-checked."""
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys: {_valid_keys(cfg, prefix)}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section; give a mapping, got {value!r}")
+            apply_dict(current, value, source, prefix=f"{dotted}.")
+        else:
+            hint = typing.get_type_hints(type(cfg))[key]
+            setattr(cfg, key, coerce(value, hint, dotted, source))
+
+
+def apply_overrides(cfg: Config, overrides) -> None:
+    """Apply ``--a.b=value`` strings (values parsed as YAML scalars/lists)."""
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override {item!r} must look like --section.key=value")
+        dotted, raw = text.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        set_dotted(cfg, dotted, value, source="command line")
+
+
+def set_dotted(cfg: Config, dotted: str, value, source: str) -> None:
+    *sections, key = dotted.split(".")
+    nested: dict = {key: value}
+    for section in reversed(sections):
+        nested = {section: nested}
+    apply_dict(cfg, nested, source)
+
+
+def coerce(value, hint, key: str, source: str):
+    """Check ``value`` against the type ``hint``; ints are accepted as floats,
+    a scalar is accepted for a list (wrapped)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: '{key}' = {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(items)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    checks = [
+        (0 <= cfg.data.fold < cfg.data.folds, "data.fold", f"must be in 0..{cfg.data.folds - 1}"),
+        (cfg.data.folds >= 2, "data.folds", "must be >= 2"),
+        (0.0 <= cfg.data.crop_defect_prob <= 1.0, "data.crop_defect_prob", "must be in [0, 1]"),
+        (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
+        (cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1"),
+        (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
+        (0 < cfg.predict.stride <= cfg.predict.tile, "predict.stride", "must be in 1..predict.tile"),
+        (0.0 <= cfg.train.ema < 1.0, "train.ema", "must be in [0, 1)"),
+    ]
+    for name in ("threshold", "min_component_area", "min_total_area", "gate"):
+        checks.append((len(getattr(cfg.postprocess, name)) == 4, f"postprocess.{name}", "needs 4 values, one per class"))
+    checks.append((len(cfg.loss.pos_weight) == 4, "loss.pos_weight", "needs 4 values, one per class"))
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"'{key}' {why}")
+
+
+def _valid_keys(cfg, prefix: str) -> str:
+    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cfg))
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain nested dicts/lists/scalars."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path) -> None:
+    from datasets.severstal import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
