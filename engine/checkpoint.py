@@ -1,0 +1,76 @@
+"""Checkpoints: atomic writes, plain-data contents, weights_only loading.
+
+A checkpoint is a dict of tensors, numbers, strings and lists, so
+``torch.load(path, weights_only=True)`` reads it (no pickled classes). The
+resolved config travels inside it as a nested dict.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, load_config
+
+
+def save_checkpoint(state: dict, path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash
+    mid-write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors and ints."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(path, device="cpu"):
+    """An eval-mode model and its Config from a checkpoint (EMA weights when the
+    run kept an EMA). See docs/CONTRACTS.md."""
+    from models import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg: Config = load_config(base=ckpt["config"])
+    cfg.model.encoder_weights = None  # the trained weights replace any pretrained ones
+    model = build_model(cfg)
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    return model.to(device).eval(), cfg

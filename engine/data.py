@@ -1,0 +1,120 @@
+"""Datasets and loaders for a run, built from the config.
+
+Randomness is a function of (seed, epoch, rank, worker): the sampler shuffles
+with ``set_epoch``, the loader draws worker seeds from a generator seeded per
+epoch, and each worker reseeds numpy, ``random`` and the Albumentations
+pipeline (which keeps its own RNG). A run resumed at an epoch boundary
+therefore sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+
+from datasets.augment import build_train_transform
+from datasets.instance import SeverstalInstances
+from datasets.semantic import SeverstalSegmentation
+from datasets.severstal import Annotations
+from datasets.splits import fold_image_ids, load_or_make_folds
+
+from .config import Config
+from .distributed import DistInfo
+
+
+@dataclass
+class RunData:
+    annotations: Annotations
+    train_ids: list[str]
+    val_ids: list[str]
+    split_file: Path
+
+
+def load_run_data(cfg: Config, verbose: bool = False) -> RunData:
+    """Annotations of ``data.root`` and the train/validation ids of ``data.fold``."""
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.root={root} does not exist; run `python scripts/make_synthetic.py --out {root}` "
+            "or point data.root at the Kaggle folder")
+    shape = (cfg.data.image_height, cfg.data.image_width)
+    annotations = Annotations.load(root / cfg.data.train_csv, root / cfg.data.train_images, shape, verbose=verbose)
+    split_file = split_path(cfg)
+    folds = load_or_make_folds(split_file, annotations, cfg.data.folds, cfg.data.split_seed)
+    train_ids, val_ids = fold_image_ids(folds, cfg.data.fold)
+    if cfg.data.max_train_images:
+        train_ids = train_ids[: cfg.data.max_train_images]
+    if cfg.data.max_val_images:
+        val_ids = val_ids[: cfg.data.max_val_images]
+    return RunData(annotations, list(train_ids), list(val_ids), split_file)
+
+
+def split_path(cfg: Config) -> Path:
+    """The split file: data.split_file, else next to the data (where every
+    experiment on that data reuses it), else in output_dir when the data
+    folder is read-only (e.g. a Kaggle input mount)."""
+    if cfg.data.split_file:
+        return Path(cfg.data.split_file)
+    name = f"folds_k{cfg.data.folds}_s{cfg.data.split_seed}.csv"
+    root = Path(cfg.data.root)
+    return root / name if os.access(root, os.W_OK) else Path(cfg.output_dir) / name
+
+
+def build_train_dataset(cfg: Config, data: RunData, target_kind: str):
+    crop = (cfg.data.crop_height, cfg.data.crop_width) if cfg.data.crop_width else None
+    common = dict(crop=crop, crop_defect_prob=cfg.data.crop_defect_prob, transform=build_train_transform(cfg.augment))
+    if target_kind == "instance":
+        return SeverstalInstances(data.annotations, data.train_ids, min_area=cfg.data.min_instance_area, **common)
+    return SeverstalSegmentation(data.annotations, data.train_ids, **common)
+
+
+def build_val_dataset(data: RunData) -> SeverstalSegmentation:
+    """Whole strips, no augmentation: validation scores full 1600x256 images."""
+    return SeverstalSegmentation(data.annotations, data.val_ids, crop=None, transform=None)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Reseed a loader worker from the seed torch gave it."""
+    info = get_worker_info()
+    seed_dataset(info.dataset, info.seed)
+
+
+def seed_dataset(dataset, seed: int) -> None:
+    seed = int(seed) % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+    if hasattr(dataset, "set_seed"):
+        dataset.set_seed(seed)
+
+
+def train_loader(dataset, cfg: Config, dist_info: DistInfo, epoch: int) -> DataLoader:
+    """The training loader of one epoch: shuffled by (seed, epoch), sharded by rank."""
+    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                 shuffle=True, seed=cfg.train.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 1_009 + dist_info.rank)
+    if cfg.data.num_workers == 0:
+        seed_dataset(dataset, int(torch.randint(2**31, (1,), generator=generator)))
+    return DataLoader(
+        dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        collate_fn=dataset.collate_fn, worker_init_fn=seed_worker, generator=generator, drop_last=True,
+        pin_memory=dist_info.device.type == "cuda", persistent_workers=False,
+    )
+
+
+def val_loader(dataset, cfg: Config, dist_info: DistInfo) -> DataLoader:
+    """Validation images sharded by rank without padding: every image is
+    scored exactly once across ranks."""
+    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    subset = torch.utils.data.Subset(dataset, indices)
+    return DataLoader(subset, batch_size=cfg.data.val_batch_size, shuffle=False, num_workers=cfg.data.num_workers,
+                      collate_fn=dataset.collate_fn, pin_memory=dist_info.device.type == "cuda")

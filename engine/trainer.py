@@ -1,0 +1,269 @@
+"""The training loop, shared by every model.
+
+The loop sums the loss dict a model returns in train mode and scores the
+per-class probabilities it returns in eval mode; it never asks which model it
+runs (docs/CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, to_dict
+from .data import train_loader, val_loader
+from .distributed import DistInfo, gather_objects, mean_across_ranks
+from .logger import RunLogger
+from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
+from .optim import build_ema, build_optimizer, build_scheduler
+from .visualize import overlay_panel
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def to_device(obj, device: torch.device):
+    """Tensors moved to ``device`` inside nested dicts/lists; the rest as is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def autocast_for(amp: str, device: torch.device):
+    """One switch that becomes a no-op when off."""
+    dtype = AMP_DTYPES[amp]
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA (it uses a GradScaler); use train.amp=bf16 on the CPU")
+    return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def progress(iterable, show: bool, **kwargs):
+    """A tqdm bar on rank 0 when stderr is a terminal; quiet otherwise."""
+    return tqdm(iterable, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True, leave=False, **kwargs)
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule, scaler, EMA and their checkpoints."""
+
+    def __init__(self, cfg: Config, dist_info: DistInfo, model: nn.Module, train_set, val_set, logger: RunLogger):
+        self.cfg, self.dist, self.logger = cfg, dist_info, logger
+        self.train_set, self.val_set = train_set, val_set
+        self.device = dist_info.device
+        self.autocast = autocast_for(cfg.train.amp, self.device)
+        self.model = self._prepare_model(model)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim)
+        self.scheduler, self.scheduler_when = build_scheduler(
+            self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.ema = build_ema(self.raw_model, cfg.train.ema)
+        self.epoch, self.step, self.best_score = 0, 0, -math.inf
+        self.output_dir = Path(cfg.output_dir)
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.enabled:
+            if self.cfg.train.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    @property
+    def raw_model(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.raw_model
+
+    def _steps_per_epoch(self) -> int:
+        batches = len(self.train_set) // (self.cfg.data.batch_size * self.dist.world_size)
+        if self.cfg.train.max_steps_per_epoch:
+            batches = min(batches, self.cfg.train.max_steps_per_epoch * self.cfg.train.accum_steps)
+        if batches == 0:
+            raise ValueError(
+                f"{len(self.train_set)} training images are fewer than one batch "
+                f"(data.batch_size={self.cfg.data.batch_size} x {self.dist.world_size} ranks)")
+        return math.ceil(batches / self.cfg.train.accum_steps)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self) -> dict:
+        """Train from ``self.epoch`` to ``train.epochs``; returns the last record."""
+        record = {}
+        for epoch in range(self.epoch + 1, self.cfg.train.epochs + 1):
+            started = time.time()
+            torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch * 10_007 + self.dist.rank)
+            train_losses = self.train_one_epoch(epoch)
+            metrics, overlays = self.evaluate()
+            if self.scheduler_when == "metric":
+                self.scheduler.step(metrics["score"])
+            self.epoch = epoch
+            improved = metrics["score"] > self.best_score
+            self.best_score = max(self.best_score, metrics["score"])
+            record = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[-1]["lr"],
+                      "train": train_losses, "val": metrics, "best_score": self.best_score,
+                      "time_s": round(time.time() - started, 2)}
+            self.logger.log_epoch(record, self.step, overlays)
+            if self.dist.is_main:
+                self.save("last.pt")
+                if improved:
+                    self.save("best.pt")
+                self._print_epoch(record)
+        return record
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        loader = train_loader(self.train_set, self.cfg, self.dist, epoch)
+        accum = self.cfg.train.accum_steps
+        n_batches = min(len(loader), self.steps_per_epoch * accum)
+        sums: dict[str, float] = {}
+        bar = progress(loader, self.dist.is_main, total=n_batches, desc=f"epoch {epoch}")
+        for i, (images, targets) in enumerate(bar):
+            if i >= n_batches:
+                break
+            boundary = (i + 1) % accum == 0 or i + 1 == n_batches
+            losses = self._forward_backward(images, targets, sync=boundary)
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value
+            if boundary:
+                self._optimizer_step()
+            bar.set_postfix(loss=f"{losses['loss']:.4f}")
+        means = {k: v / n_batches for k, v in sums.items()}
+        return mean_across_ranks(means, self.device)
+
+    def _forward_backward(self, images, targets, sync: bool) -> dict[str, float]:
+        images = to_device(images, self.device)
+        targets = to_device(targets, self.device)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        no_sync = self.model.no_sync if isinstance(self.model, DistributedDataParallel) and not sync else nullcontext
+        with no_sync():
+            with self.autocast():
+                losses = self.model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                values = {k: float(v) for k, v in losses.items()}
+                raise FloatingPointError(f"non-finite loss at epoch {self.epoch + 1}, step {self.step}: {values}")
+            self.scaler.scale(loss / self.cfg.train.accum_steps).backward()
+        logged = {k: float(v) for k, v in losses.items()}
+        logged["loss"] = float(loss)
+        return logged
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
+        if self.scheduler_when == "step":
+            self.scheduler.step()
+        self.step += 1
+        if self.dist.is_main and self.step % 10 == 0:
+            self.logger.log_step({"lr": self.optimizer.param_groups[-1]["lr"]}, self.step)
+
+    # ------------------------------------------------------------- evaluate
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Kaggle score on whole validation strips, from per-(image, class)
+        counts gathered over ranks (never an average of per-rank means)."""
+        model = self.eval_model
+        model.eval()
+        ids, counts, overlays = [], [], {}
+        threshold = self.cfg.train.val_threshold
+        for images, targets in progress(val_loader(self.val_set, self.cfg, self.dist), self.dist.is_main, desc="val"):
+            images = images.to(self.device)
+            with self.autocast():
+                probs = model(images).float()
+            pred = (probs > threshold).cpu()
+            counts.append(pair_counts(pred, targets["masks"] > 0.5))
+            ids.extend(targets["image_id"])
+            if self.dist.is_main and len(overlays) < self.cfg.train.n_overlays:
+                overlays.update(self._overlays(images, pred, targets, self.cfg.train.n_overlays - len(overlays)))
+        self.model.train()
+        return self._score(ids, counts), overlays
+
+    def _score(self, ids: list[str], counts: list[np.ndarray]) -> dict:
+        local = dict(zip(ids, np.concatenate(counts) if counts else []))
+        merged: dict[str, np.ndarray] = {}
+        for part in gather_objects(local):
+            merged.update(part)
+        if not merged:
+            raise ValueError("the validation fold is empty")
+        table = np.stack([merged[k] for k in sorted(merged)])  # [N, 4, 3]
+        result = kaggle_score(dice_from_counts(table))
+        result["empty_baseline"] = empty_baseline(table[..., 2] > 0)["score"]
+        result["n_images"] = len(merged)
+        return result
+
+    @staticmethod
+    def _overlays(images, pred, targets, n: int) -> dict[str, np.ndarray]:
+        out = {}
+        for image, p, t, image_id in list(zip(images, pred, targets["masks"], targets["image_id"]))[:n]:
+            strip = (image.float().cpu().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            out[f"val/{image_id}"] = overlay_panel(strip, p.numpy(), t.numpy() > 0.5, title=image_id)
+        return out
+
+    # ---------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.raw_model.state_dict(),
+            "ema": _strip_ema(self.ema.state_dict()) if self.ema is not None else None,
+            "ema_n_averaged": self.ema.n_averaged.clone() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_score": self.best_score,
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+            "wandb_id": self.logger.run_id,
+        }
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.state_dict(), self.output_dir / name)
+
+    def resume(self, path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.raw_model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.copy_(ckpt["ema_n_averaged"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step, self.best_score = ckpt["epoch"], ckpt["step"], ckpt["best_score"]
+        set_rng_state(ckpt["rng"])
+
+    def _print_epoch(self, r: dict) -> None:
+        per_class = " ".join(f"{k}:{v:.3f}" for k, v in r["val"]["per_class"].items())
+        print(f"epoch {r['epoch']}/{self.cfg.train.epochs} step {r['step']} loss {r['train'].get('loss', float('nan')):.4f} "
+              f"val {r['val']['score']:.4f} (empty {r['val']['empty_baseline']:.4f}; {per_class}) "
+              f"best {r['best_score']:.4f} [{r['time_s']:.0f}s]", flush=True)
+
+
+def _strip_ema(state: dict) -> dict:
+    """AveragedModel's state dict as the plain module's (``module.`` prefix off)."""
+    return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}

@@ -1,0 +1,50 @@
+"""Pictures people would rather look at than read: class outlines drawn on
+strips, with a legend."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# BGR colours per class 1..4, distinct on grey steel.
+CLASS_COLORS = ((0, 0, 255), (0, 200, 255), (255, 128, 0), (255, 0, 255))
+CLASS_NAMES = ("1 pits", "2 cross scratch", "3 long scratch", "4 patch")
+
+
+def draw_outlines(image: np.ndarray, masks: np.ndarray, thickness: int = 2, fill_alpha: float = 0.0) -> np.ndarray:
+    """image: uint8 [H, W, 3] (BGR); masks: [4, H, W] (nonzero = class).
+    Returns a copy with each class outlined (and optionally filled) in its colour."""
+    out = image.copy()
+    if fill_alpha > 0:
+        tint = out.copy()
+        for mask, color in zip(masks, CLASS_COLORS):
+            tint[mask > 0] = color
+        out = cv2.addWeighted(tint, fill_alpha, out, 1 - fill_alpha, 0)
+    for mask, color in zip(masks, CLASS_COLORS):
+        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, color, thickness)
+    return out
+
+
+def legend_bar(width: int, height: int = 22, title: str = "") -> np.ndarray:
+    """uint8 [height, width, 3]: a title on the left, then a swatch and name per class."""
+    bar = np.full((height, width, 3), 32, np.uint8)
+    x = 6
+    if title:
+        cv2.putText(bar, title, (x, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        x += 9 * len(title) + 12
+    for name, color in zip(CLASS_NAMES, CLASS_COLORS):
+        cv2.rectangle(bar, (x, 5), (x + 14, height - 5), color, -1)
+        cv2.putText(bar, name, (x + 20, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        x += 28 + 9 * len(name)
+    return bar
+
+
+def overlay_panel(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None, title: str = "") -> np.ndarray:
+    """A strip with its prediction (filled, outlined) above the same strip with
+    the truth outlined, each under a legend bar. uint8 [*, W, 3]."""
+    panels = [legend_bar(image.shape[1], title=f"{title} prediction".strip()),
+              draw_outlines(image, pred, fill_alpha=0.3)]
+    if truth is not None:
+        panels += [legend_bar(image.shape[1], title="truth"), draw_outlines(image, truth)]
+    return np.concatenate(panels, axis=0)

@@ -1,0 +1,96 @@
+"""Train a segmentation model on data in the Severstal layout.
+
+    python train.py --config configs/unet_resnet34.yaml [--section.key=value ...] [--resume]
+    torchrun --nproc_per_node=N train.py --config ...      # the same, on N processes
+
+``--section.key=value`` arguments are exactly what a W&B sweep agent's
+``${args}`` passes. ``--resume`` continues from ``output_dir/last.pt`` (the
+checkpoint's stored config is used, with command-line overrides on top) and
+ends where an uninterrupted run ends; with no last.pt it starts afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.config import Config, ConfigError, load_config, save_config, to_dict
+from engine.data import build_train_dataset, build_val_dataset, load_run_data
+from engine.distributed import barrier, broadcast_object, cleanup, init_distributed
+from engine.logger import RunLogger
+from engine.trainer import Trainer
+from models import build_model
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file; holds only what differs from engine/config.py")
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt if it exists")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}: overrides look like --section.key=value")
+    return args, overrides
+
+
+def resolve_config(args, overrides) -> tuple[Config, Path | None]:
+    """The config, and the checkpoint to resume from (or None)."""
+    cfg = load_config(args.config, overrides)
+    last = Path(cfg.output_dir) / "last.pt"
+    if args.resume and last.exists():
+        stored = load_checkpoint(last)["config"]
+        return load_config(base=stored, overrides=overrides), last
+    if last.exists():
+        raise SystemExit(f"{cfg.output_dir} already holds a run (last.pt): pass --resume to continue it, "
+                         "or choose another --output_dir=...")
+    return cfg, None
+
+
+def main(argv=None) -> dict:
+    args, overrides = parse_args(argv)
+    try:
+        cfg, resume_from = resolve_config(args, overrides)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    dist_info = init_distributed(cfg.train.device)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+    resume_id = load_checkpoint(resume_from)["wandb_id"] if resume_from else None
+    logger = RunLogger(cfg, dist_info.is_main, resume_id)
+    logger.sweep_overrides(cfg)
+    cfg = load_config(base=broadcast_object(to_dict(cfg)))  # every rank runs rank 0's config
+    if dist_info.is_main:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+        data = load_run_data(cfg, verbose=True)  # rank 0 writes the split file first
+    barrier()
+    if not dist_info.is_main:
+        data = load_run_data(cfg)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg)
+    train_set = build_train_dataset(cfg, data, model.target_kind)
+    val_set = build_val_dataset(data)
+    if dist_info.is_main:
+        print(f"{cfg.model.name} ({cfg.model.arch}/{cfg.model.encoder}) on {dist_info.world_size} x {dist_info.device}, "
+              f"amp={cfg.train.amp}: {len(train_set)} train / {len(val_set)} val images, split {data.split_file}")
+    trainer = Trainer(cfg, dist_info, model, train_set, val_set, logger)
+    if resume_from:
+        trainer.resume(resume_from)
+        logger.truncate_after(trainer.epoch)
+        if dist_info.is_main:
+            print(f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
+    record = trainer.fit()
+    logger.finish({"best_score": trainer.best_score})
+    cleanup()
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
