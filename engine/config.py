@@ -239,6 +239,9 @@ def set_dotted(cfg: Config, dotted: str, value, source: str) -> None:
     apply_dict(cfg, nested, source)
 
 
+_BOOL_WORDS = {False: ("off", "false", "no"), True: ("on", "true", "yes")}
+
+
 def coerce(value, hint, key: str, source: str):
     """Check ``value`` against the type ``hint``; ints are accepted as floats,
     a scalar is accepted for a list (wrapped)."""
@@ -249,6 +252,8 @@ def coerce(value, hint, key: str, source: str):
         inner = [a for a in args if a is not type(None)]
         return coerce(value, inner[0], key, source)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+            value = next((a for a in args if str(a).lower() in _BOOL_WORDS[value]), value)
         if value not in args:
             raise ConfigError(f"{source}: '{key}' = {value!r} is not one of {list(args)}")
         return value

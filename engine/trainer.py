@@ -159,11 +159,11 @@ class Trainer:
                 losses = self.model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                values = {k: float(v) for k, v in losses.items()}
+                values = {k: float(v.detach()) for k, v in losses.items()}
                 raise FloatingPointError(f"non-finite loss at epoch {self.epoch + 1}, step {self.step}: {values}")
             self.scaler.scale(loss / self.cfg.train.accum_steps).backward()
-        logged = {k: float(v) for k, v in losses.items()}
-        logged["loss"] = float(loss)
+        logged = {k: float(v.detach()) for k, v in losses.items()}
+        logged["loss"] = float(loss.detach())
         return logged
 
     def _optimizer_step(self) -> None:

@@ -1,0 +1,229 @@
+"""From per-class probabilities to binary masks, and the search for the
+per-class settings that maximise the Kaggle score.
+
+Per class c (channel c = class c+1), in this order:
+1. pixel threshold: a pixel is on where ``prob > threshold[c]`` (as the
+   validation loop thresholds);
+2. connected components (8-connectivity) with fewer than
+   ``min_component_area[c]`` pixels are removed;
+3. the mask is wiped when fewer than ``min_total_area[c]`` pixels remain;
+4. the mask is wiped when the image-level class probability is below
+   ``gate[c]`` (gate 0 = off).
+
+The metric's classes are independent, so ``tune`` picks each class's
+settings separately. Probability maps travel between predict.py and the
+tuner as ``<image stem>.npz`` files (``save_probs`` / ``load_probs``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from datasets.severstal import CLASS_IDS, NUM_CLASSES, atomic_write_text
+
+from .config import PostprocessConfig
+from .metrics import dice_from_counts, kaggle_score, pair_counts
+
+THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
+MIN_COMPONENT_AREAS = (0, 50, 100, 150, 250, 400)
+MIN_TOTAL_AREAS = (0, 200, 400, 600, 900, 1200, 1600, 2000, 3000)
+GATES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def _default(name: str):
+    return field(default_factory=lambda: list(getattr(PostprocessConfig(), name)))
+
+
+@dataclass
+class PostProcess:
+    """Per-class settings (lists of 4, class 1..4); defaults as PostprocessConfig."""
+
+    threshold: list[float] = _default("threshold")
+    min_component_area: list[int] = _default("min_component_area")
+    min_total_area: list[int] = _default("min_total_area")
+    gate: list[float] = _default("gate")
+
+    def __post_init__(self):
+        for f in fields(self):
+            if len(getattr(self, f.name)) != NUM_CLASSES:
+                raise ValueError(f"PostProcess.{f.name} needs {NUM_CLASSES} values, got {getattr(self, f.name)!r}")
+
+    @classmethod
+    def from_config(cls, cfg: PostprocessConfig) -> "PostProcess":
+        """The lists of ``cfg``, or the json named by ``cfg.file`` when set."""
+        if cfg.file:
+            return cls.from_json(cfg.file)
+        return cls(list(cfg.threshold), list(cfg.min_component_area), list(cfg.min_total_area), list(cfg.gate))
+
+    @classmethod
+    def from_json(cls, path) -> "PostProcess":
+        data = json.loads(Path(path).read_text())
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {valid}")
+        return cls(**data)
+
+    def to_json(self, path) -> None:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    def __call__(self, probs, class_probs=None) -> np.ndarray:
+        """probs: float [4, H, W] in [0, 1] (numpy or torch); class_probs:
+        float [4] or None (then every gate must be 0). Returns uint8 [4, H, W]
+        in {0, 1}."""
+        probs = _numpy(probs, np.float32)
+        if class_probs is None and any(self.gate):
+            raise ValueError(f"gate {self.gate} is set but no class probabilities were given")
+        masks = (probs > np.asarray(self.threshold, np.float32)[:, None, None]).astype(np.uint8)
+        for c in range(NUM_CLASSES):
+            masks[c] = remove_small_components(masks[c], self.min_component_area[c])
+        wipe = masks.reshape(NUM_CLASSES, -1).sum(1) < np.asarray(self.min_total_area)
+        if class_probs is not None:
+            wipe |= _numpy(class_probs, np.float32) < np.asarray(self.gate, np.float32)
+        masks[wipe] = 0
+        return masks
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """uint8 [H, W] in {0, 1} without its 8-connected components of fewer
+    than ``min_area`` pixels."""
+    if min_area <= 1 or not mask.any():
+        return mask
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False  # background
+    return keep[labels].astype(np.uint8)
+
+
+def _numpy(array, dtype) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+# ---------------------------------------------------------------- probability files
+
+
+def save_probs(path, probs, class_probs=None) -> None:
+    """Write ``probs`` [4, H, W] (stored float16) and optional ``class_probs``
+    [4] (float32) as a compressed npz, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"probs": _numpy(probs, np.float16)}
+    if class_probs is not None:
+        arrays["class_probs"] = _numpy(class_probs, np.float32)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_probs(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probs float32 [4, H, W], class_probs float32 [4] or None) from ``save_probs``."""
+    with np.load(path) as data:
+        class_probs = data["class_probs"].astype(np.float32) if "class_probs" in data else None
+        return data["probs"].astype(np.float32), class_probs
+
+
+# ---------------------------------------------------------------- tuning
+
+
+@dataclass
+class TuneResult:
+    """The chosen settings and the Kaggle score ({"score", "per_class"})
+    with the base settings and with the chosen ones."""
+
+    postprocess: PostProcess
+    before: dict
+    after: dict
+    n_images: int
+
+
+def tune(samples: Iterable[tuple], thresholds: Sequence[float] = THRESHOLDS,
+         min_component_areas: Sequence[int] = MIN_COMPONENT_AREAS,
+         min_total_areas: Sequence[int] = MIN_TOTAL_AREAS, gates: Sequence[float] = GATES,
+         base: PostProcess | None = None) -> TuneResult:
+    """Grid search, per class, of threshold x min_component_area x
+    min_total_area (x gate when class probabilities are given).
+
+    samples: one pass over ``(probs float [4, H, W], truth bool-like [4, H, W])``
+    or ``(probs, truth, class_probs [4])`` per image (validation or
+    out-of-fold); a generator is fine, nothing is kept per image. Gates are
+    searched only if every sample has class probabilities. ``base`` (default
+    PostProcess()) gives the "before" score. Ties go to the earliest grid
+    point (lowest threshold, smallest areas, lowest gate); the chosen score
+    is >= the base score when the base settings are on the grid.
+    """
+    base = base or PostProcess()
+    grid = [np.asarray(thresholds, np.float32), np.asarray(min_component_areas), np.asarray(min_total_areas)]
+    totals, before, use_gates = None, [], None
+    for sample in samples:
+        probs, truth = _numpy(sample[0], np.float32), _numpy(sample[1], bool)
+        class_probs = sample[2] if len(sample) > 2 else None
+        use_gates = class_probs is not None if use_gates is None else use_gates
+        if use_gates != (class_probs is not None):
+            raise ValueError("either every sample or none must carry class probabilities")
+        gate_grid = np.asarray(gates if use_gates else (0.0,), np.float32)
+        table = _image_dice_table(probs, truth, class_probs, grid, gate_grid)
+        totals = table if totals is None else totals + table
+        before.append(dice_from_counts(pair_counts(base(probs, class_probs), truth)[0]))
+    if totals is None:
+        raise ValueError("no samples to tune on")
+    return _best(totals / len(before), grid + [gate_grid], np.stack(before))
+
+
+def _image_dice_table(probs, truth, class_probs, grid, gate_grid) -> np.ndarray:
+    """Dice of one image for every class and grid point: float64 [4, T, M, A, G]."""
+    tables = []
+    for c in range(NUM_CLASSES):
+        dice = _class_dice_table(probs[c], truth[c], *grid)
+        empty = float(not truth[c].any())  # the Dice of a wiped mask
+        passed = np.float32(1.0 if class_probs is None else class_probs[c]) >= gate_grid
+        tables.append(np.where(passed, dice[..., None], empty))
+    return np.stack(tables)
+
+
+def _class_dice_table(prob, truth, thresholds, comp_areas, total_areas) -> np.ndarray:
+    """Dice of one (image, class) pair for each threshold x min_component_area
+    x min_total_area: float64 [T, M, A]. One connected-components pass per
+    threshold; the area filters work on per-component counts."""
+    n_true = int(truth.sum())
+    out = np.empty((len(thresholds), len(comp_areas), len(total_areas)))
+    for i, t in enumerate(thresholds):
+        areas, inters = _component_counts(prob > t, truth)
+        keep = areas[None, :] >= comp_areas[:, None]  # [M, K]
+        n_pred, inter = keep @ areas, keep @ inters  # [M]
+        kept = n_pred[:, None] >= total_areas[None, :]  # [M, A]: survives the total-area wipe
+        counts = np.stack([inter[:, None] * kept, n_pred[:, None] * kept, np.full(kept.shape, n_true)], -1)
+        out[i] = dice_from_counts(counts)
+    return out
+
+
+def _component_counts(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per 8-connected component of ``mask``: (pixel count, pixels also in
+    ``truth``), int64 [K] each."""
+    if not mask.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    inters = np.bincount(labels[truth], minlength=n)
+    return stats[1:, cv2.CC_STAT_AREA].astype(np.int64), inters[1:].astype(np.int64)
+
+
+def _best(mean_dice: np.ndarray, grids: list[np.ndarray], before: np.ndarray) -> TuneResult:
+    """The argmax per class of ``mean_dice`` [4, T, M, A, G] as a TuneResult."""
+    chosen, best = [], []
+    for c in range(NUM_CLASSES):
+        index = np.unravel_index(np.argmax(mean_dice[c]), mean_dice[c].shape)
+        chosen.append([g[i].item() for g, i in zip(grids, index)])
+        best.append(float(mean_dice[c][index]))
+    threshold, comp, total, gate = (list(v) for v in zip(*chosen))
+    postprocess = PostProcess([round(t, 4) for t in threshold], comp, total, [round(g, 4) for g in gate])
+    after = {"score": float(np.mean(best)), "per_class": {str(k): s for k, s in zip(CLASS_IDS, best)}}
+    return TuneResult(postprocess, kaggle_score(before), after, len(before))

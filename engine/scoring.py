@@ -1,0 +1,96 @@
+"""Kaggle score of a submission against ground truth, both given as RLE masks.
+
+``score_csv`` reads two Severstal csv files (either layout each) and returns
+the score, the per-class Dice and the all-empty baseline on the same images;
+``score_rles`` does the same for masks already in memory (training
+validation, demos). Masks are decoded one image at a time, and only where
+prediction and truth are both non-empty: otherwise the intersection is 0 and
+the areas come from the run lengths alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from datasets.rle import STRIP_SHAPE, rle_area, rle_decode
+from datasets.severstal import CLASS_IDS, COMPETITION, detect_layout, read_mask_table, table_to_rles
+
+from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
+
+PROGRESS_MIN_IMAGES = 500  # below this a progress bar is noise
+
+
+def image_pair_counts(pred: dict[int, str], truth: dict[int, str], shape=STRIP_SHAPE) -> np.ndarray:
+    """Dice counts of one image: int64 [4, 3] = |X n Y|, |X|, |Y| per class
+    (row c is class c+1). ``pred``/``truth`` map class id to RLE string."""
+    counts = np.zeros((len(CLASS_IDS), 3), np.int64)
+    both = []
+    for i, class_id in enumerate(CLASS_IDS):
+        p, t = pred.get(class_id, ""), truth.get(class_id, "")
+        if p and t:
+            both.append(i)
+        else:
+            counts[i, 1:] = rle_area(p, shape), rle_area(t, shape)
+    if both:
+        class_ids = [CLASS_IDS[i] for i in both]
+        counts[both] = pair_counts(_decode(pred, class_ids, shape), _decode(truth, class_ids, shape))[0]
+    return counts
+
+
+def _decode(rles: dict[int, str], class_ids: list[int], shape) -> np.ndarray:
+    """uint8 [len(class_ids), H, W]: the masks of ``class_ids``, in that order."""
+    return np.stack([rle_decode(rles[c], shape) for c in class_ids])
+
+
+def score_rles(pred_rles: dict[str, dict[int, str]], true_rles: dict[str, dict[int, str]], image_ids,
+               shape=STRIP_SHAPE, progress: bool = False) -> dict:
+    """Score predicted masks against the truth over ``image_ids`` x classes 1..4.
+
+    ``*_rles[image_id][class_id]`` is an RLE string; a missing entry is an empty
+    mask. Returns {"score", "per_class", "empty_baseline",
+    "empty_baseline_per_class", "n_images"}; scores are floats in [0, 1] and
+    per-class dicts are keyed "1".."4".
+    """
+    image_ids = list(image_ids)
+    if not image_ids:
+        raise ValueError("no images to score")
+    show = progress and len(image_ids) >= PROGRESS_MIN_IMAGES  # disable=None: off when not a tty
+    counts = np.stack([
+        image_pair_counts(pred_rles.get(i, {}), true_rles.get(i, {}), shape)
+        for i in tqdm(image_ids, desc="scoring", unit="img", disable=None if show else True)
+    ])
+    result = kaggle_score(dice_from_counts(counts))
+    baseline = empty_baseline(counts[..., 2] > 0)
+    result.update(empty_baseline=baseline["score"], empty_baseline_per_class=baseline["per_class"],
+                  n_images=len(image_ids))
+    return result
+
+
+def csv_image_ids(path) -> list[str]:
+    """Sorted ids of every image a Severstal csv names, rows with an empty mask
+    included (a submission lists its defect-free images that way)."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if detect_layout(raw.columns) == COMPETITION:
+        ids = raw["ImageId_ClassId"].str.rsplit("_", n=1).str[0]
+    else:
+        ids = raw["ImageId"]
+    return sorted(set(ids.astype(str).str.strip()))
+
+
+def score_csv(pred_path, truth_path, image_ids=None, shape=STRIP_SHAPE, progress: bool = False,
+              verbose: bool = False) -> dict:
+    """Score a submission csv against a truth csv (either layout each).
+
+    ``image_ids``: the images to score (e.g. an image folder's listing); by
+    default every image named in either file. Masks of other images are
+    ignored. Returns ``score_rles``'s dict plus "layouts" {"pred", "truth"}.
+    """
+    pred = read_mask_table(pred_path, shape, verbose=verbose)
+    truth = read_mask_table(truth_path, shape, verbose=verbose)
+    if image_ids is None:
+        image_ids = sorted(set(csv_image_ids(pred_path)) | set(csv_image_ids(truth_path)))
+    result = score_rles(table_to_rles(pred), table_to_rles(truth), image_ids, shape, progress)
+    result["layouts"] = {"pred": pred.attrs["layout"], "truth": truth.attrs["layout"]}
+    return result

@@ -1,0 +1,130 @@
+"""The real train.py on a tiny synthetic dataset: smoke runs, resume, torchrun
+and the promised config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from engine import trainer as trainer_module
+from engine.checkpoint import load_checkpoint, load_model
+from engine.metrics import dice_from_counts, kaggle_score, pair_counts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(root, out, *extra):
+    """A run small enough for a unit test: 2 epochs x 2 steps of 4 crops, 4 val strips."""
+    return ["--config", str(REPO / "configs/demo_cpu.yaml"), f"--data.root={root}", f"--output_dir={out}",
+            "--data.num_workers=0", "--data.batch_size=4", "--data.val_batch_size=2", "--data.max_val_images=4",
+            "--model.encoder=resnet18", "--train.epochs=2", "--train.max_steps_per_epoch=2",
+            "--wandb.mode=disabled", "--data.crop_width=128", "--data.crop_height=128", *extra]
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, amp):
+    out = tmp_path / "run"
+    record = train.main(tiny_args(tiny_data, out, f"--train.amp={amp}"))
+    assert {"last.pt", "best.pt", "config.yaml", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4
+    assert ckpt["config"]["train"]["amp"] == amp
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2]
+    assert 0.0 <= record["val"]["score"] <= 1.0 and set(record["val"]["per_class"]) == {"1", "2", "3", "4"}
+    model, cfg = load_model(out / "best.pt")
+    assert not model.training and cfg.train.amp == amp
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train.main(tiny_args(tiny_data, straight, "--train.ema=0.9"))
+
+    interrupted = tmp_path / "interrupted"
+    real_save = trainer_module.Trainer.save
+
+    def save_then_die(self, name):
+        real_save(self, name)
+        if name == "last.pt" and self.epoch == 1:
+            raise KeyboardInterrupt("simulated kill right after epoch 1's checkpoint")
+
+    monkeypatch.setattr(trainer_module.Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(tiny_args(tiny_data, interrupted, "--train.ema=0.9"))
+    assert load_checkpoint(interrupted / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(trainer_module.Trainer, "save", real_save)
+    train.main(tiny_args(tiny_data, interrupted, "--train.ema=0.9", "--resume"))
+
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(interrupted / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    epochs = [json.loads(l)["epoch"] for l in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_existing_run_needs_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_data, out, "--train.epochs=1"))
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(tiny_args(tiny_data, out, "--train.epochs=1"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--train.epochz=3", "unknown key 'train.epochz'"),
+    ("--train.amp=fp32", "'train.amp' = 'fp32' is not one of"),
+    ("--optim.lr=fast", "'optim.lr' must be float"),
+])
+def test_bad_config_fails_before_work(tmp_path, override, message):
+    result = subprocess.run([sys.executable, "train.py", f"--output_dir={tmp_path / 'run'}", override],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_fp16_on_cpu_is_refused(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        train.main(tiny_args(tiny_data, tmp_path / "run", "--train.amp=fp16", "--train.device=cpu"))
+
+
+def single_process_score(checkpoint, root, val_ids):
+    """Score a checkpoint's weights on whole strips, one process, no loader."""
+    from datasets.semantic import SeverstalSegmentation
+    from datasets.severstal import Annotations
+
+    model, cfg = load_model(checkpoint)
+    ann = Annotations.load(Path(root) / "train.csv", Path(root) / "train_images")
+    dataset = SeverstalSegmentation(ann, val_ids, crop=None)
+    counts = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for image, target in dataset:
+            probs = model(image[None]).float()
+            counts.append(pair_counts(probs > cfg.train.val_threshold, target["masks"][None] > 0.5))
+    import numpy as np
+
+    return kaggle_score(dice_from_counts(np.concatenate(counts)))["score"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_matches_single_process(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    args = tiny_args(tiny_data, out, "--train.epochs=1", "--data.max_val_images=5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 1/1") == 1  # only rank 0 reports
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["val"]["n_images"] == 5  # odd count: no padded duplicates across ranks
+    from engine.config import load_config
+    from engine.data import load_run_data
+
+    cfg = load_config(out / "config.yaml")
+    val_ids = load_run_data(cfg).val_ids
+    assert single_process_score(out / "last.pt", tiny_data, val_ids) == pytest.approx(record["val"]["score"], abs=1e-6)
