@@ -8,15 +8,10 @@ outside the image), photometric ones touch the image only.
 
 from __future__ import annotations
 
-import os
+import albumentations as A
+import cv2
 
-# Albumentations asks PyPI for a newer version at import (a 2 s timeout offline).
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-
-from engine.config import AugmentConfig  # noqa: E402
+from engine.config import AugmentConfig
 
 
 def build_train_transform(cfg: AugmentConfig) -> A.Compose:

@@ -60,11 +60,12 @@ def read_mask_table(path, shape=STRIP_SHAPE, validate: bool = True, verbose: boo
     layout = detect_layout(raw.columns)
     rows = np.arange(1, len(raw) + 1)
     if layout == COMPETITION:
-        split = raw["ImageId_ClassId"].str.rsplit("_", n=1, expand=True)
-        if split.shape[1] != 2 or split[1].isna().any():
-            bad = int(np.flatnonzero(split.get(1, pd.Series([None] * len(raw))).isna())[0])
+        # reindex: without any '_' (or without rows) the split has fewer than 2 columns
+        split = raw["ImageId_ClassId"].str.rsplit("_", n=1, expand=True).reindex(columns=[0, 1])
+        if (no_suffix := split[1].isna().to_numpy()).any():
+            bad = int(np.flatnonzero(no_suffix)[0])
             raise AnnotationError(f"{path} row {bad + 1}: ImageId_ClassId {raw['ImageId_ClassId'][bad]!r} has no '_<class>' suffix")
-        image_ids, class_ids = split[0], split[1]
+        image_ids, class_ids = split[0].astype(str), split[1].astype(str)
     else:
         image_ids, class_ids = raw["ImageId"], raw["ClassId"]
     table = pd.DataFrame(

@@ -72,7 +72,7 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["unet", "maskrcnn", "classifier"] = "unet"  # a key of models.MODELS
+    name: Literal["unet", "maskrcnn"] = "unet"  # a key of models.MODELS
     arch: str = "Unet"  # smp architecture: Unet, FPN, UnetPlusPlus, Linknet, PSPNet, DeepLabV3Plus, ...
     encoder: str = "resnet34"  # any smp or timm ("tu-...") encoder
     encoder_weights: Optional[str] = None  # "imagenet" needs internet; None never downloads

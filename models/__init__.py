@@ -1,0 +1,24 @@
+"""Model builders behind one explicit registry, and the losses.
+
+Every builder takes the resolved ``engine.config.Config`` and returns an
+``nn.Module`` that follows docs/CONTRACTS.md: ``target_kind`` names the dataset
+it trains on; train mode returns a dict of losses, eval mode per-class
+probabilities float32 [B, 4, H, W] in [0, 1].
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from engine.config import Config, ConfigError
+from models.maskrcnn import build_maskrcnn
+from models.unet import build_unet
+
+MODELS = {"unet": build_unet, "maskrcnn": build_maskrcnn}
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The model registered under ``cfg.model.name``."""
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"unknown model.name {cfg.model.name!r}; valid: {', '.join(MODELS)}")
+    return MODELS[cfg.model.name](cfg)

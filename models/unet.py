@@ -1,0 +1,101 @@
+"""Semantic segmentation with any segmentation_models_pytorch architecture.
+
+``SegmentationModel`` wraps ``smp.create_model`` (Unet, FPN, UnetPlusPlus, ...
+with any smp or timm encoder) behind the project's model contract: images in
+[0, 1] in, a loss dict out in training, per-class probabilities out in eval.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import Config, ConfigError
+from models.losses import SegLoss, build_seg_loss
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLS_HEAD_DROPOUT = 0.2  # smp's default; ModelConfig has no field for it
+
+
+class SegmentationModel(nn.Module):
+    """An smp network with ImageNet normalisation inside and losses attached.
+
+    ``train()``: ``forward(images, targets) -> dict[str, Tensor]`` of float32
+    scalar losses; ``targets["masks"]`` float [B, C, H, W] in {0, 1} and, with a
+    classification head, ``targets["labels"]`` float [B, C] in {0, 1}.
+    ``eval()``: ``forward(images) -> float32 [B, C, H, W]`` probabilities in [0, 1].
+    ``images``: float32 [B, 3, H, W] in [0, 1], H and W divisible by 32.
+    """
+
+    target_kind = "semantic"
+
+    def __init__(self, net: nn.Module, seg_loss: SegLoss, cls_weight: float = 0.0):
+        super().__init__()
+        self.net = net
+        self.seg_loss = seg_loss
+        self.cls_weight = cls_weight
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def has_classification_head(self) -> bool:
+        return self.net.classification_head is not None
+
+    def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None) -> dict[str, Tensor] | Tensor:
+        outputs = self.net(self._normalise(images))
+        mask_logits, class_logits = outputs if self.has_classification_head else (outputs, None)
+        if not self.training:
+            return torch.sigmoid(mask_logits.float())
+        if targets is None:
+            raise ValueError("SegmentationModel in train mode needs targets; call model.eval() to predict")
+        losses = self.seg_loss(mask_logits, targets["masks"])
+        if class_logits is not None:
+            losses["loss_cls"] = self.cls_weight * _image_label_loss(class_logits, targets["labels"])
+        return losses
+
+    def class_probs(self, images: Tensor) -> Tensor:
+        """Image-level class probabilities, float32 [B, C] in [0, 1]."""
+        if not self.has_classification_head:
+            raise RuntimeError("this model was built without model.classification_head")
+        features = self.net.encoder(self._normalise(images))
+        return torch.sigmoid(self.net.classification_head(features[-1]).float())
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The encoder's parameters, so the optimiser can give them their own learning rate."""
+        return self.net.encoder.parameters()
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+
+def _image_label_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
+    """BCE of image-level logits [B, C] against labels [B, C] in {0, 1}, in float32."""
+    with torch.autocast(class_logits.device.type, enabled=False):
+        return F.binary_cross_entropy_with_logits(class_logits.float(), labels.float())
+
+
+def build_unet(cfg: Config) -> SegmentationModel:
+    """The smp network named by ``cfg.model.arch`` / ``cfg.model.encoder``.
+
+    Weights come only from ``cfg.model.encoder_weights`` (None, the default,
+    never downloads). A classification head needs ``cfg.loss.cls > 0``: an
+    untrained gate is worse than none.
+    """
+    m = cfg.model
+    if m.classification_head and cfg.loss.cls <= 0:
+        raise ConfigError("model.classification_head needs loss.cls > 0 (the weight of its BCE)")
+    aux_params = dict(classes=m.num_classes, dropout=CLS_HEAD_DROPOUT) if m.classification_head else None
+    net = smp.create_model(
+        arch=m.arch,
+        encoder_name=m.encoder,
+        encoder_weights=m.encoder_weights,
+        in_channels=3,
+        classes=m.num_classes,
+        aux_params=aux_params,
+    )
+    return SegmentationModel(net, build_seg_loss(cfg.loss), cls_weight=cfg.loss.cls)

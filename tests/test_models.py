@@ -1,0 +1,161 @@
+"""The registry and the smp segmentation wrapper: contract, heads, no downloads, overfitting."""
+
+import huggingface_hub
+import pytest
+import segmentation_models_pytorch.encoders as smp_encoders
+import torch
+from torchvision.transforms.functional import normalize
+
+from engine.config import Config, ConfigError, ModelConfig
+from models import MODELS, build_model
+from models.unet import SegmentationModel, build_unet
+
+ENCODER = "resnet18"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small CPU models run fastest on one thread on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def unet_config(**model) -> Config:
+    cfg = Config()
+    cfg.model.encoder = ENCODER
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    return cfg
+
+
+def batch(b=2, size=64):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, size, size, generator=gen)
+    masks = torch.zeros(b, 4, size, size)
+    masks[0, 0, 8:24, 8:40] = 1
+    masks[1, 2, 32:56, 16:24] = 1
+    labels = masks.amax(dim=(2, 3))
+    images = images * 0.2 + masks.sum(1, keepdim=True) * 0.6  # defects are brighter: learnable
+    return images, {"masks": masks, "labels": labels, "image_id": ["a", "b"][:b]}
+
+
+def test_registry_names_and_unknown_model_error():
+    assert set(MODELS) == {"unet", "maskrcnn"}
+    cfg = Config()
+    cfg.model.name = "classifier"
+    with pytest.raises(ConfigError, match="'classifier'.*unet, maskrcnn"):
+        build_model(cfg)
+
+
+def test_default_weights_are_none_and_nothing_is_downloaded(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    for module, name in [(torch.hub, "load_state_dict_from_url"), (torch.hub, "download_url_to_file"),
+                         (huggingface_hub, "hf_hub_download"), (smp_encoders, "hf_hub_download")]:
+        monkeypatch.setattr(module, name, refuse)
+    assert ModelConfig().encoder_weights is None
+    model = build_model(Config())  # the real default: Unet on resnet34
+    assert isinstance(model, SegmentationModel) and model.target_kind == "semantic"
+
+
+def test_train_mode_returns_float32_loss_dict():
+    cfg = unet_config()
+    cfg.loss.dice = 0.25
+    model = build_unet(cfg).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_bce", "loss_dice"}
+    assert all(v.dim() == 0 and v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_train_mode_without_targets_is_an_error():
+    with pytest.raises(ValueError, match="needs targets"):
+        build_unet(unet_config()).train()(batch()[0])
+
+
+@pytest.mark.parametrize("arch", ["Unet", "FPN", "UnetPlusPlus"])
+def test_architectures_give_probabilities_in_eval(arch):
+    model = build_unet(unet_config(arch=arch)).eval()
+    with torch.no_grad():
+        probs = model(torch.rand(2, 3, 64, 96))
+    assert probs.shape == (2, 4, 64, 96) and probs.dtype == torch.float32
+    assert 0 <= probs.min() and probs.max() <= 1
+
+
+def test_timm_encoder_builds():
+    model = build_unet(unet_config(encoder="tu-resnet10t")).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+
+
+def test_eval_output_is_float32_under_bf16_autocast():
+    model = build_unet(unet_config()).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.rand(1, 3, 32, 32)).dtype == torch.float32
+
+
+def test_normalisation_is_imagenet_inside_and_not_in_the_state_dict():
+    model = build_unet(unet_config())
+    images = torch.rand(2, 3, 8, 8)
+    expected = normalize(images, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    assert torch.allclose(model._normalise(images), expected, atol=1e-6)
+    assert not {"mean", "std"} & set(model.state_dict())
+
+
+def test_classification_head_adds_loss_cls_and_class_probs():
+    cfg = unet_config(classification_head=True)
+    cfg.loss.cls = 0.5
+    model = build_unet(cfg).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_bce", "loss_cls"} and torch.isfinite(losses["loss_cls"])
+    model.eval()
+    with torch.no_grad():
+        class_probs = model.class_probs(images)
+        assert model(images).shape == (2, 4, 64, 64)
+    assert class_probs.shape == (2, 4) and class_probs.dtype == torch.float32
+    assert 0 <= class_probs.min() and class_probs.max() <= 1
+
+
+def test_train_losses_are_float32_under_bf16_autocast():
+    cfg = unet_config(classification_head=True)
+    cfg.loss.cls, cfg.loss.lovasz = 0.5, 0.5
+    model = build_unet(cfg).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(*batch(size=32))
+    assert set(losses) == {"loss_bce", "loss_lovasz", "loss_cls"}
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
+def test_classification_head_needs_a_loss_weight_and_class_probs_needs_a_head():
+    with pytest.raises(ConfigError, match="loss.cls"):
+        build_unet(unet_config(classification_head=True))
+    with pytest.raises(RuntimeError, match="classification_head"):
+        build_unet(unet_config()).class_probs(torch.rand(1, 3, 64, 64))
+
+
+def test_encoder_parameters_are_a_proper_subset():
+    model = build_unet(unet_config())
+    encoder = {id(p) for p in model.encoder_parameters()}
+    every = {id(p) for p in model.parameters()}
+    assert encoder and encoder < every
+
+
+@pytest.mark.slow
+def test_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = build_unet(unet_config()).train()
+    images, targets = batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(30):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < history[0] / 5, history
