@@ -50,6 +50,12 @@ def resolve_config(args, overrides) -> tuple[Config, Path | None]:
     return cfg, None
 
 
+def describe_model(cfg: Config) -> str:
+    if cfg.model.name == "maskrcnn":
+        return f"maskrcnn ({cfg.model.backbone}-FPN)"
+    return f"{cfg.model.name} ({cfg.model.arch}/{cfg.model.encoder})"
+
+
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     try:
@@ -78,7 +84,7 @@ def main(argv=None) -> dict:
     train_set = build_train_dataset(cfg, data, model.target_kind)
     val_set = build_val_dataset(data)
     if dist_info.is_main:
-        print(f"{cfg.model.name} ({cfg.model.arch}/{cfg.model.encoder}) on {dist_info.world_size} x {dist_info.device}, "
+        print(f"{describe_model(cfg)} on {dist_info.world_size} x {dist_info.device}, "
               f"amp={cfg.train.amp}: {len(train_set)} train / {len(val_set)} val images, split {data.split_file}")
     trainer = Trainer(cfg, dist_info, model, train_set, val_set, logger)
     if resume_from:
