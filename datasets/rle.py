@@ -7,9 +7,10 @@ are sorted, positive and non-overlapping; an empty string (or NaN) is an empty
 mask.
 
 Both directions are vectorised, with no per-run Python loop: a string of plain
-digits is parsed in C (``np.fromstring``), runs are expanded with ``np.repeat``
-and the column-major pixel order is turned into an [H, W] array by one
-``cv2.transpose`` (several times faster than a strided numpy copy).
+digits is parsed in C (``np.fromstring``) and runs are expanded with
+``np.repeat``. Decoding returns the [H, W] mask as a view in column-major
+memory order (no transpose copy, like the notebook loop decoders); encoding
+transposes with one ``cv2.transpose``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import cv2
 import numpy as np
 
 STRIP_SHAPE = (256, 1600)  # (H, W) of a Severstal image
-_PLAIN = b"0123456789 "  # the characters of a canonical RLE string
+_PLAIN = b"0123456789 "
+_ALTERNATING = (np.arange(1 << 16) & 1).astype(np.uint8)  # 0, 1, 0, 1, ...: background/run values  # the characters of a canonical RLE string
 
 
 class RLEError(ValueError):
@@ -85,24 +87,24 @@ def _raise_first_problem(starts: np.ndarray, lengths: np.ndarray, shape, suffix:
     raise RLEError(f"{kind} runs: pair {i + 1} starts at {starts[i + 1]}, pair {i} covers {starts[i]}..{ends[i]}{suffix}")
 
 
-def _run_bounds(rle, shape, where: str | None) -> np.ndarray:
-    """Validated run boundaries, int64 [2K + 2]: ``[0, s_1, e_1, ..., s_K, e_K, H*W]``
-    with 0-indexed starts ``s`` and exclusive ends ``e`` in column-major order."""
+def _run_counts(rle, shape, where: str | None) -> np.ndarray:
+    """Validated run lengths of an RLE string, int64 [2K + 1]: background,
+    foreground, ..., foreground, background, covering all H*W pixels in
+    column-major order (the background runs may be 0)."""
     n_pixels = int(shape[0]) * int(shape[1])
     if _is_empty(rle):
-        return np.array([0, n_pixels], np.int64)
+        return np.array([n_pixels], np.int64)
     suffix = f" ({where})" if where else ""
     if not isinstance(rle, str):
         raise RLEError(f"RLE must be a string, got {type(rle).__name__}{suffix}")
     values = _parse_values(rle, suffix)
-    bounds = np.empty(values.size + 2, np.int64)
-    bounds[0], bounds[-1], bounds[1:-1] = 0, n_pixels, values
-    bounds[1:-1:2] -= 1
+    bounds = np.empty(values.size + 2, np.int64)  # 1, s_1, e_1, ..., s_K, e_K, H*W + 1 (e = s + length)
+    bounds[0], bounds[-1], bounds[1:-1] = 1, n_pixels + 1, values
     bounds[2:-1:2] += bounds[1:-1:2]
-    counts = np.diff(bounds)  # gap, length, gap, ..., length, gap
-    if values.max() > n_pixels or counts.min() < 0 or counts[1::2].min() < 1:
+    counts = np.diff(bounds)
+    if values.max() > n_pixels or counts.min() < 0 or counts[1::2].min() < 1:  # max first: no overflow
         _raise_first_problem(values[0::2], values[1::2], shape, suffix)
-    return bounds
+    return counts
 
 
 def parse_runs(rle, shape=STRIP_SHAPE, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,19 +113,23 @@ def parse_runs(rle, shape=STRIP_SHAPE, where: str | None = None) -> tuple[np.nda
 
     Raises RLEError naming the problem (and ``where``, e.g. "train.csv row 12").
     """
-    bounds = _run_bounds(rle, shape, where)
-    starts = bounds[1:-1:2]
-    return starts, bounds[2:-1:2] - starts
+    counts = _run_counts(rle, shape, where)
+    return np.cumsum(counts)[0:-1:2], counts[1::2]
 
 
 def rle_decode(rle, shape=STRIP_SHAPE, where: str | None = None) -> np.ndarray:
-    """Decode an RLE string to a C-contiguous uint8 mask [H, W] with values in {0, 1}.
+    """Decode an RLE string to a uint8 mask [H, W] with values in {0, 1}.
 
-    ``shape`` is (H, W); ``where`` names the source for error messages.
+    The result is a view in column-major (Fortran) memory order, the order the
+    encoding stores pixels in: building it costs no transpose, numpy, torch
+    and OpenCV accept it as is, and copying it into a C-ordered array (e.g.
+    ``out[c] = rle_decode(...)``) transposes on the way. ``shape`` is (H, W);
+    ``where`` names the source for error messages.
     """
-    counts = np.diff(_run_bounds(rle, shape, where))
-    column_major = np.repeat((np.arange(counts.size) & 1).astype(np.uint8), counts)
-    return cv2.transpose(column_major.reshape(int(shape[1]), int(shape[0])))
+    counts = _run_counts(rle, shape, where)
+    column_major = np.repeat(_ALTERNATING[: counts.size] if counts.size <= _ALTERNATING.size
+                             else (np.arange(counts.size) & 1).astype(np.uint8), counts)
+    return column_major.reshape(int(shape[1]), int(shape[0])).T
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -131,18 +137,17 @@ def rle_encode(mask: np.ndarray) -> str:
     RLE string: sorted, maximal runs, '' for an empty mask."""
     if mask.ndim != 2:
         raise ValueError(f"rle_encode expects a 2-D mask [H, W], got shape {mask.shape}")
-    padded = np.zeros(mask.size + 2, np.uint8)  # a background pixel before and after
-    padded[1:-1] = cv2.transpose((np.asarray(mask) != 0).view(np.uint8)).reshape(-1)
+    height, width = mask.shape
+    padded = np.zeros(height * width + 2, np.uint8)  # column-major pixels between two background ones
+    cv2.transpose((np.asarray(mask) != 0).view(np.uint8), dst=padded[1:-1].reshape(width, height))
     changes = np.flatnonzero(padded[1:] != padded[:-1])  # 0-indexed run starts and ends
-    if changes.size == 0:
-        return ""
     starts, ends = changes[0::2], changes[1::2]
     pairs = np.empty(changes.size, np.int64)
     pairs[0::2] = starts + 1
     pairs[1::2] = ends - starts
-    return " ".join(map(str, pairs.tolist()))
+    return ("%d " * pairs.size % tuple(pairs.tolist()))[:-1]  # C-level formatting: 2x ' '.join(map(str, ...))
 
 
 def rle_area(rle, shape=STRIP_SHAPE, where: str | None = None) -> int:
     """Number of foreground pixels of an RLE string, without decoding it."""
-    return int(parse_runs(rle, shape, where)[1].sum())
+    return int(_run_counts(rle, shape, where)[1::2].sum())

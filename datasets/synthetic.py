@@ -183,7 +183,7 @@ def steel_background(rng) -> np.ndarray:
     light_y = _smooth_profile(rng, HEIGHT, 3) * rng.uniform(2, 7)
     marks = _stretched_noise(rng, HEIGHT, WIDTH, 20) * rng.uniform(2, 6)
     fine = _stretched_noise(rng, HEIGHT, WIDTH, 160) * rng.uniform(1.5, 4)
-    # uniform rather than normal grain: four times cheaper and, after JPEG, alike
+    # uniform rather than normal grain: several times cheaper to draw and, after JPEG, alike
     grain = (rng.random((HEIGHT, WIDTH), np.float32) - 0.5) * rng.uniform(8, 20)
     image = marks + fine + grain
     image += light_y[:, None]
@@ -275,7 +275,7 @@ def _long_scratch(rng, image, mask, lo, hi) -> None:
 def _streak_band(rng, image, mask, lo, hi) -> None:
     span = hi - lo - 40
     length = rng.uniform(min(150, span), min(900, span))
-    height = rng.uniform(14, 90)
+    height = rng.uniform(14, min(90, length / 3))  # long and low, unlike a class-4 blotch
     xs = np.linspace(0, length, 9) + rng.uniform(lo + 20, hi - 20 - length)
     middle = rng.uniform(4 + height / 2, HEIGHT - 4 - height / 2) + np.cumsum(rng.normal(0, 2, 9))
     # blunt-pointed ends and ragged sides: the band's outline as an annotator draws it
@@ -288,7 +288,7 @@ def _streak_band(rng, image, mask, lo, hi) -> None:
     shape = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(shape, [np.round(polygon - (x0, y0)).astype(np.int32)], 1)
     envelope = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 3)
-    streaks = cv2.GaussianBlur(_stretched_noise(rng, y1 - y0, x1 - x0, (x1 - x0) // 25), (0, 0), 2, sigmaY=0.8)
+    streaks = cv2.GaussianBlur(_stretched_noise(rng, y1 - y0, x1 - x0, (x1 - x0) // 50), (0, 0), 2, sigmaY=0.8)
     streaks += rng.choice((-1.0, 0.7), p=(0.7, 0.3))  # mostly darker than the steel around
     image[y0:y1, x0:x1] += _amplitude(rng, 32) * envelope * streaks
     mask[y0:y1, x0:x1] |= shape
@@ -340,6 +340,8 @@ def generate_image(rng: np.random.Generator, classes=()) -> tuple[np.ndarray, np
     [4, 256, 1600] in {0, 1}, channel c is class c+1, non-empty exactly for
     ``classes``, no pixel in two channels, none where the strip leaves the frame.
     """
+    if len(classes) > 2 or len(set(classes)) != len(classes) or not set(classes) <= set(CLASS_IDS):
+        raise ValueError(f"classes must be at most two distinct ids from {CLASS_IDS}, got {classes}")
     image = steel_background(rng)
     add_distractors(rng, image)
     region, lo, hi = off_strip_region(rng)
@@ -447,9 +449,9 @@ def make_dataset(out_dir, n_train: int, n_test: int, seed: int, workers: int | N
     unless ``force``. ``workers`` processes draw images (default min(2, CPUs));
     the files do not depend on it.
 
-    Returns a summary dict: ``params``, ``splits`` ({"train"|"test": {images,
-    defect_free, two_class, masks_per_class}}), ``skipped``, ``seconds``,
-    ``ms_per_image``, ``workers``.
+    Returns a summary dict: ``params`` (version, n_train, n_test, seed), ``splits``
+    ({"train"|"test": {images, defect_free, two_class, masks_per_class: [4 ints]}}),
+    ``skipped``, ``out``, ``seconds``, ``ms_per_image`` (wall, None if skipped), ``workers``.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"image counts must be >= 0, got n_train={n_train}, n_test={n_test}")

@@ -3,9 +3,9 @@
 ``score_csv`` reads two Severstal csv files (either layout each) and returns
 the score, the per-class Dice and the all-empty baseline on the same images;
 ``score_rles`` does the same for masks already in memory (training
-validation, demos). Masks are decoded one image at a time, and only where
-prediction and truth are both non-empty: otherwise the intersection is 0 and
-the areas come from the run lengths alone.
+validation, demos). The Dice counts come straight from the runs, without
+decoding a mask: |X n Y| is a sum over the runs of Y of the coverage of X,
+which costs O(runs log runs) instead of O(H*W) per pair.
 """
 
 from __future__ import annotations
@@ -14,34 +14,37 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from datasets.rle import STRIP_SHAPE, rle_area, rle_decode
+from datasets.rle import STRIP_SHAPE, parse_runs
 from datasets.severstal import CLASS_IDS, COMPETITION, detect_layout, read_mask_table, table_to_rles
 
-from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
+from .metrics import dice_from_counts, empty_baseline, kaggle_score
 
 PROGRESS_MIN_IMAGES = 500  # below this a progress bar is noise
 
 
+def runs_overlap(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> int:
+    """|X n Y| of two masks given as ``parse_runs`` output (sorted, disjoint runs)."""
+    x_starts, x_lengths = x
+    y_starts, y_lengths = y
+    ends = np.concatenate(([0], x_starts + x_lengths))  # ends[i]: end of run i-1
+    before = np.concatenate(([0], np.cumsum(x_lengths)))  # before[i]: pixels of runs 0..i-1
+
+    def covered(p: np.ndarray) -> np.ndarray:  # pixels of X below each position p
+        i = np.searchsorted(x_starts, p)  # runs that start below p; only run i-1 may reach past p
+        return before[i] - np.maximum(ends[i] - p, 0)
+
+    return int((covered(y_starts + y_lengths) - covered(y_starts)).sum())
+
+
 def image_pair_counts(pred: dict[int, str], truth: dict[int, str], shape=STRIP_SHAPE) -> np.ndarray:
     """Dice counts of one image: int64 [4, 3] = |X n Y|, |X|, |Y| per class
-    (row c is class c+1). ``pred``/``truth`` map class id to RLE string."""
+    (row c is class c+1), as engine.metrics.pair_counts gives for decoded
+    masks. ``pred``/``truth`` map class id to RLE string; missing is empty."""
     counts = np.zeros((len(CLASS_IDS), 3), np.int64)
-    both = []
     for i, class_id in enumerate(CLASS_IDS):
-        p, t = pred.get(class_id, ""), truth.get(class_id, "")
-        if p and t:
-            both.append(i)
-        else:
-            counts[i, 1:] = rle_area(p, shape), rle_area(t, shape)
-    if both:
-        class_ids = [CLASS_IDS[i] for i in both]
-        counts[both] = pair_counts(_decode(pred, class_ids, shape), _decode(truth, class_ids, shape))[0]
+        x, y = parse_runs(pred.get(class_id, ""), shape), parse_runs(truth.get(class_id, ""), shape)
+        counts[i] = runs_overlap(x, y), x[1].sum(), y[1].sum()
     return counts
-
-
-def _decode(rles: dict[int, str], class_ids: list[int], shape) -> np.ndarray:
-    """uint8 [len(class_ids), H, W]: the masks of ``class_ids``, in that order."""
-    return np.stack([rle_decode(rles[c], shape) for c in class_ids])
 
 
 def score_rles(pred_rles: dict[str, dict[int, str]], true_rles: dict[str, dict[int, str]], image_ids,

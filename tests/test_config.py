@@ -33,6 +33,7 @@ def test_sweep_agent_style_values():
     ("--train.epochs=abc", ["'train.epochs' must be int", "abc"]),
     ("--train.epochs=2.5", ["'train.epochs' must be int"]),
     ("--train.amp=fp8", ["'train.amp'", "'off', 'bf16', 'fp16'"]),
+    ("--train.amp=on", ["'train.amp' = True is not one of"]),
     ("--train=3", ["'train' is a section"]),
     ("--data.fold=9", ["'data.fold' must be in 0..4"]),
     ("--postprocess.threshold=[0.5]", ["postprocess.threshold", "4 values"]),
@@ -71,3 +72,10 @@ def test_every_shipped_config_loads(path):
     assert isinstance(yaml.safe_load(path.read_text()), dict)
     if "sweeps" not in path.parts:
         load_config(path)
+
+
+def test_yaml_off_means_the_word_off(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(path, []).train.amp == "off"
+    assert load_config(None, ["--train.amp=off"]).train.amp == "off"

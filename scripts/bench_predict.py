@@ -1,0 +1,184 @@
+"""Benchmark tiled inference on 1600x256 strips (CPU).
+
+    python scripts/bench_predict.py [--strips 2] [--repeats 3]
+
+1. Time per strip of tiled inference (256 tiles, stride 224, gaussian
+   blend) over a whole-strip pass, on an smp Unet resnet18 (weights None,
+   eval). 7 tiles of 256 cover 1792 columns for 1600, so the arithmetic
+   floor is 7 * 256 / 1600 = 1.12.
+2. This tiler over MONAI's sliding_window_inference with the same windows
+   (overlap 1 - 224/256: MONAI's scan interval int(256 * 0.875) = 224 gives
+   the same 7 windows, checked by counting tiles) and the same gaussian
+   weights; on the Unet, and on a pointwise model where only the tiler's
+   own overhead is timed.
+3. Peak resident memory (VmHWM, each in a fresh subprocess that
+   imports only torch and the tiler) streaming 100 and 1,000 random strips
+   through predict_tiled in batches, with a per-pixel model (the tiler's
+   memory, not a network's, is measured); also the growth over the
+   process's RSS before streaming (imports, model).
+Times are the minimum over interleaved repeats, after one warm-up each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engine.tiling import predict_full_frame, predict_tiled  # noqa: E402
+
+TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
+STRIP = (256, 1600)  # (H, W)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strips", type=int, default=2, help="strips per timed call")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16, help="tiles per forward")
+    p.add_argument("--stream-batch", type=int, default=8, help="strips per predict_tiled call when streaming")
+    p.add_argument("--memory-worker", type=int, default=0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def unet_fn():
+    import segmentation_models_pytorch as smp  # here, so that memory workers import only torch
+
+    model = smp.Unet("resnet18", encoder_weights=None, classes=4).eval()
+    return lambda x: torch.sigmoid(model(x))
+
+
+def pointwise_fn():
+    """A per-pixel 4-class model costing next to nothing (a 1x1 conv would
+    not: torch's CPU conv is very slow on batches of 3-channel tiles)."""
+    weight = torch.randn(4, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    return lambda x: torch.sigmoid((x[:, None] * weight).sum(2))
+
+
+def monai_tiled(model_fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    from monai.inferers import sliding_window_inference  # here, as smp above
+
+    with torch.inference_mode():
+        return sliding_window_inference(images, (TILE, TILE), batch_size, model_fn, overlap=1 - STRIDE / TILE,
+                                        mode="gaussian", sigma_scale=SIGMA_SCALE)
+
+
+def min_times(runs: dict, repeats: int) -> dict[str, float]:
+    """Minimum wall time of each callable over interleaved repeats (first call is a warm-up)."""
+    best = {name: float("inf") for name in runs}
+    for repeat in range(repeats + 1):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            if repeat:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def count_tiles(model_fn, counter: list):
+    def counted(x):
+        counter.append(x.shape[0])
+        return model_fn(x)
+    return counted
+
+
+def check_same_windows(model_fn, images: torch.Tensor, batch_size: int) -> tuple[int, int, float]:
+    """(tiles per strip here, tiles per strip in MONAI, max |difference| of the outputs)."""
+    ours, theirs = [], []
+    a = predict_tiled(count_tiles(model_fn, ours), images, TILE, STRIDE, "gaussian", batch_size, SIGMA_SCALE)
+    b = monai_tiled(count_tiles(model_fn, theirs), images, batch_size)
+    n = images.shape[0]
+    return sum(ours) // n, sum(theirs) // n, float((a - b).abs().max())
+
+
+def speed(model_fn, images: torch.Tensor, batch_size: int, repeats: int, full_frame: bool) -> dict[str, float]:
+    runs = {
+        "tiled": lambda: predict_tiled(model_fn, images, TILE, STRIDE, "gaussian", batch_size, SIGMA_SCALE),
+        "monai": lambda: monai_tiled(model_fn, images, batch_size),
+    }
+    if full_frame:
+        runs["full"] = lambda: predict_full_frame(model_fn, images)
+    return {k: v / images.shape[0] for k, v in min_times(runs, repeats).items()}
+
+
+def random_strips(n: int, batch: int):
+    generator = torch.Generator().manual_seed(0)
+    for start in range(0, n, batch):
+        yield torch.rand(min(batch, n - start), 3, *STRIP, generator=generator)
+
+
+def max_rss_mib() -> float:
+    """This process's peak resident memory, MiB (Linux). VmHWM, not
+    ru_maxrss: Linux carries ru_maxrss over fork + exec, so a fresh worker
+    would report its parent's peak when that is higher."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024  # the line reads "VmHWM: <n> kB"
+
+
+def memory_worker(n_strips: int, batch: int, batch_size: int) -> None:
+    """Stream ``n_strips`` through predict_tiled; print the peak RSS (MiB)
+    before and after streaming."""
+    torch.set_num_threads(1)
+    model_fn = pointwise_fn()
+    before = max_rss_mib()
+    for images in random_strips(n_strips, batch):
+        predict_tiled(model_fn, images, TILE, STRIDE, "gaussian", batch_size).mean()  # used, as a caller would
+    print(before, max_rss_mib())
+
+
+def peak_rss_mib(n_strips: int, args) -> tuple[float, float]:
+    """(peak RSS before streaming, peak RSS after) of a fresh worker, MiB."""
+    cmd = [sys.executable, __file__, "--memory-worker", str(n_strips), "--stream-batch", str(args.stream_batch),
+           "--batch-size", str(args.batch_size)]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    before, after = run.stdout.split()[-2:]
+    return float(before), float(after)
+
+
+def print_table(t_unet: dict, t_point: dict, rss: dict) -> None:
+    rows = [
+        ("Unet r18 s/strip: full frame | tiled | MONAI",
+         f"{t_unet['full']:.3f} | {t_unet['tiled']:.3f} | {t_unet['monai']:.3f}", ""),
+        ("tiled / full frame (Unet r18)", f"{t_unet['tiled'] / t_unet['full']:.3f}", "<= 1.25 (floor 1.12)"),
+        ("tiled / MONAI (Unet r18)", f"{t_unet['tiled'] / t_unet['monai']:.3f}", "<= 1.00"),
+        ("tiled / MONAI (pointwise: tiler overhead)", f"{t_point['tiled'] / t_point['monai']:.3f}", "<= 1.00"),
+        ("peak RSS MiB: 100 | 1000 strips", f"{rss[100][1]:.0f} | {rss[1000][1]:.0f}", ""),
+        ("  growth while streaming MiB: 100 | 1000",
+         f"{rss[100][1] - rss[100][0]:.0f} | {rss[1000][1] - rss[1000][0]:.0f}", ""),
+        ("peak RSS 1000 / 100 strips", f"{rss[1000][1] / rss[100][1]:.3f}", "<= 1.10"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':<{width}}  {'value':>23}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>23}  {target}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.memory_worker:
+        return memory_worker(args.memory_worker, args.stream_batch, args.batch_size)
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    images = torch.rand(args.strips, 3, *STRIP)
+    unet, pointwise = unet_fn(), pointwise_fn()
+    ours, theirs, diff = check_same_windows(unet, images[:1], args.batch_size)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"CPU, {threads} torch threads, load average {load} (times are noisy on a busy machine); "
+          f"{args.strips} strips of {STRIP[1]}x{STRIP[0]} per call, min of {args.repeats} repeats")
+    print(f"windows per strip: this tiler {ours}, MONAI {theirs}; max |difference| {diff:.1e}")
+    t_unet = speed(unet, images, args.batch_size, args.repeats, full_frame=True)
+    t_point = speed(pointwise, images, args.batch_size, args.repeats, full_frame=False)
+    rss = {n: peak_rss_mib(n, args) for n in (100, 1000)}
+    print_table(t_unet, t_point, rss)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Training throughput of a config on this machine, measured side by side.
+
+    python scripts/bench_train.py [--config configs/demo_cpu.yaml] [--steps 12] [--section.key=value ...]
+
+Prints training images/s in float32 and in bfloat16 autocast (forward,
+backward and optimiser step on a fixed batch, so loading is excluded), and
+data-loader samples/s of one worker alone (JPEG decode + crop +
+augmentation, in this process). The target: one loader worker delivers at
+least 4x what one training process consumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from datasets.synthetic import make_dataset  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.data import build_train_dataset, load_run_data  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
+from engine.trainer import autocast_for  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def loader_rate(dataset, n: int) -> float:
+    """Samples/s of ``dataset[i]`` in this process (what one worker does)."""
+    dataset[0]  # warm caches and lazy imports
+    started = time.perf_counter()
+    for i in range(n):
+        dataset[i % len(dataset)]
+    return n / (time.perf_counter() - started)
+
+
+def train_rate(cfg, batch, amp: str, steps: int) -> float:
+    """Images/s of forward + backward + step on a fixed batch."""
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = build_optimizer(model, cfg.optim)
+    autocast = autocast_for(amp, torch.device("cpu"))
+    images, targets = batch
+
+    def step():
+        with autocast():
+            loss = sum(model(images, targets).values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * images.shape[0] / (time.perf_counter() - started)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo_cpu.yaml")
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps per precision")
+    parser.add_argument("--samples", type=int, default=60, help="timed loader samples")
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(args.config, overrides)
+    if not Path(cfg.data.root).is_dir():
+        make_dataset(cfg.data.root, n_train=64, n_test=0, seed=0, progress=False)
+    data = load_run_data(cfg)
+    model_kind = build_model(cfg).target_kind
+    dataset = build_train_dataset(cfg, data, model_kind)
+    batch = dataset.collate_fn([dataset[i] for i in range(cfg.data.batch_size)])
+
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"config {args.config}: {cfg.model.name} {cfg.model.arch}/{cfg.model.encoder}, "
+          f"batch {cfg.data.batch_size} x {cfg.data.crop_height}x{cfg.data.crop_width}, "
+          f"{torch.get_num_threads()} torch threads")
+    fp32 = train_rate(cfg, batch, "off", args.steps)
+    bf16 = train_rate(cfg, batch, "bf16", args.steps)
+    loader = loader_rate(dataset, args.samples)
+    consumer = max(fp32, bf16)
+    print(f"{'measure':<38}{'value':>10}")
+    print(f"{'train images/s, float32':<38}{fp32:>10.2f}")
+    print(f"{'train images/s, bf16 autocast':<38}{bf16:>10.2f}")
+    print(f"{'bf16 / float32':<38}{bf16 / fp32:>10.2f}x")
+    print(f"{'loader samples/s, one worker':<38}{loader:>10.2f}")
+    ratio = loader / consumer
+    verdict = "meets" if ratio >= 4 else "misses"
+    print(f"{'one worker / fastest training':<38}{ratio:>10.2f}x  ({verdict} the 4x target)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

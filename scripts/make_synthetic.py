@@ -1,0 +1,51 @@
+"""Write the synthetic Severstal-like dataset (the project's embedded default).
+
+    python scripts/make_synthetic.py --out data/synthetic --train 400 --test 100 --seed 0
+
+Writes, in the Kaggle layout: train.csv (ImageId,ClassId,EncodedPixels),
+train_images/, test_images/, sample_submission.csv, plus test_truth.csv (the
+test masks) and synthetic.json (arguments and summary). The same arguments give
+byte-identical files; a folder already holding them is left alone unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.synthetic import default_workers, format_summary, make_dataset  # noqa: E402
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--train", type=non_negative, default=400, help="training images (default 400)")
+    parser.add_argument("--test", type=non_negative, default=100, help="test images (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"processes drawing images (default {default_workers()}); the files do not depend on it")
+    parser.add_argument("--force", action="store_true", help="regenerate even if --out already holds this dataset")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    summary = make_dataset(args.out, args.train, args.test, args.seed, workers=args.workers,
+                           force=args.force, progress=not args.no_progress)
+    print(format_summary(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

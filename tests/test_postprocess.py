@@ -1,0 +1,182 @@
+"""Post-processing rules, their json, and the per-class tuner."""
+
+import json
+import runpy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from datasets.rle import rle_encode
+from datasets.severstal import write_mask_csv
+from engine.config import PostprocessConfig
+from engine.metrics import dice_from_counts, kaggle_score, pair_counts
+from engine.postprocess import PostProcess, load_probs, save_probs, tune
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 32, 64
+
+
+def probs_with(*boxes) -> np.ndarray:
+    """float32 [4, H, W] zeros with (class index, y0, y1, x0, x1, value) boxes."""
+    probs = np.zeros((4, H, W), np.float32)
+    for c, y0, y1, x0, x1, value in boxes:
+        probs[c, y0:y1, x0:x1] = value
+    return probs
+
+
+def test_threshold_is_strict_and_per_class():
+    probs = probs_with((0, 0, 4, 0, 4, 0.5), (1, 0, 4, 0, 4, 0.5))
+    masks = PostProcess(threshold=[0.5, 0.4, 0.5, 0.5])(probs)
+    assert masks.dtype == np.uint8 and masks.shape == (4, H, W)
+    assert masks[0].sum() == 0 and masks[1].sum() == 16
+
+
+def test_small_components_removed_large_kept():
+    probs = probs_with((2, 0, 3, 0, 3, 0.9), (2, 10, 20, 10, 20, 0.9), (2, 25, 26, 40, 41, 0.9))
+    masks = PostProcess(min_component_area=[0, 0, 10, 0])(probs)
+    assert masks[2].sum() == 100 and masks[2, 10:20, 10:20].all()
+
+
+def test_diagonal_pixels_are_one_component():
+    probs = np.zeros((4, H, W), np.float32)
+    probs[0, [0, 1, 2], [0, 1, 2]] = 0.9  # 8-connected, not 4-connected
+    assert PostProcess(min_component_area=[3, 0, 0, 0])(probs)[0].sum() == 3
+
+
+def test_min_total_area_wipes_whole_mask():
+    probs = probs_with((0, 0, 5, 0, 5, 0.9), (0, 10, 15, 10, 15, 0.9), (1, 0, 10, 0, 10, 0.9))
+    masks = PostProcess(min_total_area=[51, 100, 0, 0])(probs)
+    assert masks[0].sum() == 0 and masks[1].sum() == 100
+
+
+def test_gate_wipes_class_below_it():
+    probs = probs_with((0, 0, 5, 0, 5, 0.9), (1, 0, 5, 0, 5, 0.9))
+    masks = PostProcess(gate=[0.7, 0.7, 0.0, 0.0])(probs, class_probs=np.array([0.6, 0.8, 0.0, 0.0]))
+    assert masks[0].sum() == 0 and masks[1].sum() == 25
+    with pytest.raises(ValueError, match="gate"):
+        PostProcess(gate=[0.7, 0.0, 0.0, 0.0])(probs)
+
+
+def test_json_round_trip_and_config(tmp_path):
+    pp = PostProcess([0.55, 0.6, 0.45, 0.5], [150, 0, 100, 50], [600, 600, 900, 2000], [0.7, 0.7, 0.6, 0.6])
+    path = tmp_path / "pp.json"
+    pp.to_json(path)
+    assert PostProcess.from_json(path) == pp
+    assert PostProcess.from_config(PostprocessConfig(file=str(path))) == pp
+    assert PostProcess.from_config(PostprocessConfig()) == PostProcess()
+    path.write_text(json.dumps({"threshold": [0.5] * 4, "thresholds": [0.5] * 4}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        PostProcess.from_json(path)
+    with pytest.raises(ValueError, match="4 values"):
+        PostProcess(threshold=[0.5])
+
+
+def constructed_case(n: int = 12, defect: float = 0.62, distractor: float = 0.48):
+    """Class 1: a true defect predicted at ``defect`` plus a distractor at
+    ``distractor`` on every other image; the other classes empty and
+    predicted empty."""
+    samples = []
+    for i in range(n):
+        probs = probs_with((0, 4, 12, 4, 20, defect))
+        truth = np.zeros((4, H, W), np.uint8)
+        truth[0, 4:12, 4:20] = 1
+        if i % 2:
+            probs[0, 20:30, 30:60] = distractor
+        samples.append((probs, truth))
+    return samples
+
+
+def score_of(pp: PostProcess, samples) -> float:
+    dice = [dice_from_counts(pair_counts(pp(s[0], s[2] if len(s) > 2 else None), s[1])[0]) for s in samples]
+    return kaggle_score(np.stack(dice))["score"]
+
+
+@pytest.mark.parametrize("defect,distractor", [(0.62, 0.48), (0.47, 0.33)])
+def test_tuner_finds_threshold_between_distractor_and_defect(defect, distractor):
+    samples = constructed_case(defect=defect, distractor=distractor)
+    result = tune(samples)
+    assert distractor < result.postprocess.threshold[0] < defect
+    assert result.after["per_class"]["1"] == pytest.approx(1.0)
+    assert result.after["score"] >= result.before["score"]
+    assert result.after["score"] == pytest.approx(score_of(result.postprocess, samples))
+    assert result.before["score"] == pytest.approx(score_of(PostProcess(), samples))
+
+
+def test_tuner_beats_a_poor_base():
+    samples = constructed_case()
+    result = tune(samples, base=PostProcess(threshold=[0.3] * 4))  # lets the distractor through
+    assert result.before["per_class"]["1"] < 1.0 == pytest.approx(result.after["per_class"]["1"])
+    assert result.after["score"] > result.before["score"]
+
+
+def test_tuner_area_filters_and_gate():
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(10):
+        probs = (rng.random((4, H, W)) * 0.2).astype(np.float32)
+        truth = np.zeros((4, H, W), np.uint8)
+        probs[1, 2:4, 2:4] = 0.9  # a 4-pixel false positive on every image
+        if i % 2:
+            probs[1, 10:25, 10:40] = 0.9
+            truth[1, 10:25, 10:40] = 1
+        if i % 3 == 0:
+            probs[2, 0:10, 0:10] = 0.9  # a false positive the class gate can remove
+        class_probs = np.array([0.1, 0.9, 0.2 if i % 3 == 0 else 0.8, 0.1], np.float32)
+        samples.append((probs, truth, class_probs))
+    result = tune(samples, min_component_areas=(0, 10, 100), min_total_areas=(0, 5, 50), gates=(0.0, 0.5))
+    pp = result.postprocess
+    assert pp.min_component_area[1] == 10  # a 5-pixel total-area wipe would also drop the true defects
+    assert pp.gate[2] == 0.5
+    assert result.after["score"] == pytest.approx(1.0)
+    assert result.after["score"] == pytest.approx(score_of(pp, samples))
+
+
+def test_probs_file_round_trip(tmp_path):
+    probs = np.random.default_rng(0).random((4, H, W)).astype(np.float32)
+    save_probs(tmp_path / "a.npz", probs, class_probs=np.array([0.1, 0.2, 0.3, 0.4]))
+    save_probs(tmp_path / "b.npz", probs)
+    loaded, class_probs = load_probs(tmp_path / "a.npz")
+    np.testing.assert_allclose(loaded, probs, atol=1e-3)
+    np.testing.assert_allclose(class_probs, [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
+    assert load_probs(tmp_path / "b.npz")[1] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]
+
+
+def test_cli_tunes_saved_probabilities(tmp_path, capsys):
+    probs_dir = tmp_path / "probs"
+    rles = {}
+    for i, (probs, truth) in enumerate(constructed_case(6)):
+        save_probs(probs_dir / f"img{i}.npz", probs)
+        rles[f"img{i}.jpg"] = {1: rle_encode(truth[0])}
+    write_mask_csv(tmp_path / "train.csv", rles)
+    out = tmp_path / "pp.json"
+    main = runpy.run_path(str(REPO / "scripts/tune_postprocess.py"))["main"]
+    main(["--probs", str(probs_dir), "--truth", str(tmp_path / "train.csv"), "--out", str(out),
+          "--min-total-areas", "0", "100"])
+    assert 0.48 < PostProcess.from_json(out).threshold[0] < 0.62
+    assert "6 images" in capsys.readouterr().out
+
+
+def blobby_samples(n: int = 6, seed: int = 0):
+    """Smooth random probabilities with blobs of many sizes, and truths that
+    overlap them partly; class probabilities spread over [0, 1]."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n):
+        probs = np.stack([cv2.resize(rng.random((6, 10), np.float32), (W, H)) for _ in range(4)]) ** 2
+        truth = (np.roll(probs, 3, axis=2) > 0.5).astype(np.uint8)
+        samples.append((probs, truth, rng.random(4).astype(np.float32)))
+    return samples
+
+
+@pytest.mark.parametrize("point", [(0.3, 0, 0, 0.0), (0.45, 20, 0, 0.0), (0.5, 0, 60, 0.4), (0.6, 30, 100, 0.7)])
+def test_tuner_scores_equal_applying_the_rules(point):
+    """Forced to one grid point, the tuner's score (from per-component
+    counts) is the score of the PostProcess applied pixel by pixel."""
+    threshold, comp, total, gate = point
+    samples = blobby_samples()
+    result = tune(samples, [threshold], [comp], [total], [gate])
+    assert result.postprocess == PostProcess([threshold] * 4, [comp] * 4, [total] * 4, [gate] * 4)
+    assert result.after["score"] == pytest.approx(score_of(result.postprocess, samples), abs=1e-12)
