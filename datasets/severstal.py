@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,17 +204,23 @@ def write_mask_csv(path, rles: dict[str, dict[int, str]], layout: str = RERELEAS
     atomic_write_text(path, pd.DataFrame(records, columns=columns).to_csv(index=False))
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so a reader
-    never sees a half-written file."""
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``
+    (so a reader never sees a half-written file), on failure remove it.
+    Unlike tempfile.mkstemp (always 0600) the file gets the umask's permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # open(), unlike tempfile.mkstemp (always 0600), gives the file the umask's permissions
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "x") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "x") as f:
+        f.write(text)

@@ -7,30 +7,22 @@ resolved config travels inside it as a nested dict.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from datasets.severstal import atomic_path
+
 from .config import Config, load_config
 
 
 def save_checkpoint(state: dict, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash
-    mid-write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """torch.save through a temporary file and a rename: a crash mid-write
+    never leaves a truncated checkpoint behind."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
