@@ -51,13 +51,18 @@ class MaskRCNNModel(nn.Module):
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Tensor] | Tensor:
         if not self.training:
-            detections = self.net(list(images))
+            detections = self.detect(images)
             height, width = images.shape[-2:]
             return torch.stack([instances_to_probs(d, height, width, self.num_classes) for d in detections])
         if targets is None:
             raise ValueError("MaskRCNNModel in train mode needs targets; call model.eval() to predict")
         losses = self.net(list(images), [_torchvision_target(t) for t in targets])
         return {name: loss.float() for name, loss in losses.items()}
+
+    def detect(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """torchvision's raw detections per image (``boxes``, ``labels``,
+        ``scores``, ``masks`` float [N, 1, H, W]), for COCO evaluation."""
+        return self.net(list(images))
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         """The ResNet body's parameters (not the FPN), for a separate encoder learning rate."""
