@@ -59,9 +59,9 @@ class SeverstalInstances(SeverstalSegmentation):
         super().__init__(annotations, image_ids, crop, crop_defect_prob, transform)
         self.min_area = min_area
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
         image, masks = self.sample(index)
         target = instances_from_masks(masks, self.min_area)
-        target["image_id"] = self.image_ids[index]
+        target["image_id"] = self.image_id(index)
         target["semantic"] = torch.from_numpy(masks.astype(np.float32))
         return to_tensor(image), target

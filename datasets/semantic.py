@@ -53,20 +53,30 @@ class SeverstalSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
         image, masks = self.sample(index)
         target = {
             "masks": torch.from_numpy(masks.astype(np.float32)),
             "labels": torch.from_numpy(masks.any(axis=(1, 2)).astype(np.float32)),
-            "image_id": self.image_ids[index],
+            "image_id": self.image_id(index),
         }
         return to_tensor(image), target
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The cropped, transformed ``(image uint8 [h, w, 3], masks uint8 [4, h, w])``."""
+    def image_id(self, index) -> str:
+        return self.image_ids[index[0] if isinstance(index, tuple) else index]
+
+    def sample(self, index) -> tuple[np.ndarray, np.ndarray]:
+        """The cropped, transformed ``(image uint8 [h, w, 3], masks uint8 [4, h, w])``.
+
+        ``index`` is an int, or ``(int, crop_width)`` from a batch sampler that
+        picks one crop width per batch (mixed-width training)."""
+        crop = self.crop
+        if isinstance(index, tuple):
+            index, width = index
+            crop = (crop[0] if crop else self.annotations.shape[0], int(width))
         image, masks = self.load(self.image_ids[index])
-        if self.crop is not None:
-            image, masks = random_crop(image, masks, self.crop, self.crop_defect_prob, self.generator)
+        if crop is not None:
+            image, masks = random_crop(image, masks, crop, self.crop_defect_prob, self.generator)
         if self.transform is not None:
             self.transform.set_random_seed(int(torch.randint(2**31, (), generator=self.generator)))
             out = self.transform(image=image, masks=masks)

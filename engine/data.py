@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from datasets.augment import build_train_transform
 from datasets.instance import SeverstalInstances
@@ -96,18 +96,45 @@ def seed_dataset(dataset, seed: int) -> None:
         dataset.set_seed(seed)
 
 
+class MixedWidthBatchSampler(Sampler):
+    """Batches of ``(index, crop_width)``: one width drawn per batch from
+    ``widths`` (so every batch stacks), indices from ``sampler``, incomplete
+    last batch dropped. The draws are seeded, so an epoch is reproducible."""
+
+    def __init__(self, sampler, batch_size: int, widths: list[int], seed: int):
+        self.sampler, self.batch_size, self.widths, self.seed = sampler, batch_size, list(widths), seed
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        batch = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                width = self.widths[int(torch.randint(len(self.widths), (), generator=generator))]
+                yield [(i, width) for i in batch]
+                batch = []
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+
 def train_loader(dataset, cfg: Config, dist_info: DistInfo, epoch: int) -> DataLoader:
-    """The training loader of one epoch: shuffled by (seed, epoch), sharded by rank."""
+    """The training loader of one epoch: shuffled by (seed, epoch), sharded by
+    rank; with ``data.crop_widths`` each batch takes one of those widths."""
     sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                  shuffle=True, seed=cfg.train.seed, drop_last=True)
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 1_009 + dist_info.rank)
     if cfg.data.num_workers == 0:
         seed_dataset(dataset, int(torch.randint(2**31, (1,), generator=generator)))
+    if cfg.data.crop_widths:
+        batches = {"batch_sampler": MixedWidthBatchSampler(sampler, cfg.data.batch_size, cfg.data.crop_widths,
+                                                            seed=cfg.train.seed * 7_919 + epoch)}
+    else:
+        batches = {"batch_size": cfg.data.batch_size, "sampler": sampler, "drop_last": True}
     return DataLoader(
-        dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-        collate_fn=dataset.collate_fn, worker_init_fn=seed_worker, generator=generator, drop_last=True,
-        pin_memory=dist_info.device.type == "cuda", persistent_workers=False,
+        dataset, num_workers=cfg.data.num_workers, collate_fn=dataset.collate_fn, worker_init_fn=seed_worker,
+        generator=generator, pin_memory=dist_info.device.type == "cuda", persistent_workers=False, **batches,
     )
 
 

@@ -244,3 +244,29 @@ def test_instance_dataset_with_crops_and_transform_and_collate(annotations):
     images, targets = dataset.collate_fn(batch)
     assert dataset.collate_fn is collate_instances
     assert images.shape == (12, 3, 64, 96) and len(targets) == 12 and targets[0] is batch[0][1]
+
+
+def test_mixed_width_batches_stack_and_vary(tmp_path):
+    """Each batch takes one crop width (so it stacks); widths vary across batches."""
+    from torch.utils.data import SequentialSampler
+
+    from engine.data import MixedWidthBatchSampler
+
+    ann = _mixed_width_annotations(tmp_path)
+    dataset = SeverstalSegmentation(ann, ann.image_ids, crop=(64, 64))
+    sampler = MixedWidthBatchSampler(SequentialSampler(dataset), 2, [32, 64, 96], seed=0)
+    widths = [images.shape[-1] for images, targets in DataLoader(dataset, batch_sampler=sampler)]
+    assert len(widths) == len(dataset) // 2 and set(widths) <= {32, 64, 96} and len(set(widths)) > 1
+    again = [batch for batch in MixedWidthBatchSampler(SequentialSampler(dataset), 2, [32, 64, 96], seed=0)]
+    assert again == list(sampler)
+
+
+def _mixed_width_annotations(tmp_path):
+    rles = {}
+    for i in range(12):
+        name = f"{i:09x}.jpg"
+        cv2.imwrite(str(tmp_path / name), np.full((64, 128, 3), 100, np.uint8))
+        mask = np.zeros((64, 128), np.uint8)
+        mask[10:20, 10 * (i % 8):10 * (i % 8) + 8] = 1
+        rles[name] = {3: rle_encode(mask)}
+    return Annotations(tmp_path, sorted(rles), rles, (64, 128))
