@@ -50,6 +50,15 @@ def resolve_config(args, overrides) -> tuple[Config, Path | None]:
     return cfg, None
 
 
+def init_weights(model, path, verbose: bool) -> None:
+    """Load a checkpoint's weights (EMA ones when kept) before training: a new
+    run, with a fresh optimiser and schedule, that starts where another ended."""
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    if verbose:
+        print(f"initialised weights from {path} (epoch {ckpt['epoch']}, score {ckpt['best_score']:.4f})")
+
+
 def describe_model(cfg: Config) -> str:
     if cfg.model.name == "maskrcnn":
         return f"maskrcnn ({cfg.model.backbone}-FPN)"
@@ -81,6 +90,8 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
+    if cfg.model.init_checkpoint and not resume_from:
+        init_weights(model, cfg.model.init_checkpoint, verbose=dist_info.is_main)
     train_set = build_train_dataset(cfg, data, model.target_kind)
     val_set = build_val_dataset(data)
     if dist_info.is_main:

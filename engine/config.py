@@ -78,6 +78,7 @@ class ModelConfig:
     encoder_weights: Optional[str] = None  # "imagenet" needs internet; None never downloads
     num_classes: int = 4
     classification_head: bool = False  # image-level class logits from the encoder (gates masks)
+    init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
     # Mask R-CNN
     backbone: str = "resnet50"  # resnet50 | resnet50_v2 | resnet18
     trainable_backbone_layers: int = 5
@@ -164,6 +165,7 @@ class PostprocessConfig:
     min_component_area: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     min_total_area: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     gate: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # class-probability gate; 0 = off
+    multiply_class_probs: bool = False  # mask probability x class probability before the threshold (4th place)
     file: str = ""  # a json from scripts/tune_postprocess.py; overrides the lists above
 
 

@@ -79,3 +79,14 @@ def test_yaml_off_means_the_word_off(tmp_path):
     path.write_text("train:\n  amp: off\n")
     assert load_config(path, []).train.amp == "off"
     assert load_config(None, ["--train.amp=off"]).train.amp == "off"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "sweeps" not in p.parts], ids=str)
+def test_every_shipped_config_builds_its_model(path):
+    """Recipes included; encoder weights forced off (no download)."""
+    from models import build_model
+
+    cfg = load_config(path, ["--model.encoder_weights=null"])
+    model = build_model(cfg)
+    assert model.target_kind in ("semantic", "instance")
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
