@@ -114,7 +114,8 @@ def predict_tiled(model_fn: ModelFn, images: torch.Tensor, tile: int = 256, stri
     Tiles of all B images are gathered and passed to ``model_fn``
     ``batch_size`` at a time; ``model_fn`` returns probabilities [n, C, tile,
     tile] (C is taken from it). Returns float32 [B, C, H, W] in [0, 1], on
-    the images' device.
+    the images' device. Tiles are cut and accumulated as slices (whole-tile
+    tensor ops); the blend normaliser is computed once for all images.
     """
     b, _, h, w = images.shape
     padded, (top, left) = pad_to(images, tile, tile)

@@ -1,6 +1,6 @@
 """Benchmark tiled inference on 1600x256 strips (CPU).
 
-    python scripts/bench_predict.py [--strips 2] [--repeats 3]
+    python scripts/bench_predict.py [--strips 2] [--repeats 3] [--threads 1 --cpu-time]
 
 1. Time per strip of tiled inference (256 tiles, stride 224, gaussian
    blend) over a whole-strip pass, on an smp Unet resnet18 (weights None,
@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strips", type=int, default=2, help="strips per timed call")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with the process's CPU time, not wall time (steadier on a shared machine; use --threads 1)")
     p.add_argument("--batch-size", type=int, default=16, help="tiles per forward")
     p.add_argument("--stream-batch", type=int, default=8, help="strips per predict_tiled call when streaming")
     p.add_argument("--memory-worker", type=int, default=0, help=argparse.SUPPRESS)
@@ -70,15 +73,16 @@ def monai_tiled(model_fn, images: torch.Tensor, batch_size: int) -> torch.Tensor
                                         mode="gaussian", sigma_scale=SIGMA_SCALE)
 
 
-def min_times(runs: dict, repeats: int) -> dict[str, float]:
-    """Minimum wall time of each callable over interleaved repeats (first call is a warm-up)."""
+def min_times(runs: dict, repeats: int, clock) -> dict[str, float]:
+    """Minimum time by ``clock`` of each callable over interleaved repeats
+    (the first call is a warm-up)."""
     best = {name: float("inf") for name in runs}
     for repeat in range(repeats + 1):
         for name, fn in runs.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
             if repeat:
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], clock() - start)
     return best
 
 
@@ -98,14 +102,17 @@ def check_same_windows(model_fn, images: torch.Tensor, batch_size: int) -> tuple
     return sum(ours) // n, sum(theirs) // n, float((a - b).abs().max())
 
 
-def speed(model_fn, images: torch.Tensor, batch_size: int, repeats: int, full_frame: bool) -> dict[str, float]:
+def speed(model_fn, images: torch.Tensor, args, full_frame: bool) -> dict[str, float]:
+    """Seconds per strip of each method."""
+    batch_size = args.batch_size
     runs = {
         "tiled": lambda: predict_tiled(model_fn, images, TILE, STRIDE, "gaussian", batch_size, SIGMA_SCALE),
         "monai": lambda: monai_tiled(model_fn, images, batch_size),
     }
     if full_frame:
         runs["full"] = lambda: predict_full_frame(model_fn, images)
-    return {k: v / images.shape[0] for k, v in min_times(runs, repeats).items()}
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    return {k: v / images.shape[0] for k, v in min_times(runs, args.repeats, clock).items()}
 
 
 def random_strips(n: int, batch: int):
@@ -164,18 +171,18 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.memory_worker:
         return memory_worker(args.memory_worker, args.stream_batch, args.batch_size)
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = torch.rand(args.strips, 3, *STRIP)
     unet, pointwise = unet_fn(), pointwise_fn()
     ours, theirs, diff = check_same_windows(unet, images[:1], args.batch_size)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"CPU, {threads} torch threads, load average {load} (times are noisy on a busy machine); "
-          f"{args.strips} strips of {STRIP[1]}x{STRIP[0]} per call, min of {args.repeats} repeats")
+    clock = "CPU" if args.cpu_time else "wall"
+    print(f"CPU, {args.threads} torch threads, load average {load} (wall times are noisy on a busy machine); "
+          f"{args.strips} strips of {STRIP[1]}x{STRIP[0]} per call, min {clock} time of {args.repeats} repeats")
     print(f"windows per strip: this tiler {ours}, MONAI {theirs}; max |difference| {diff:.1e}")
-    t_unet = speed(unet, images, args.batch_size, args.repeats, full_frame=True)
-    t_point = speed(pointwise, images, args.batch_size, args.repeats, full_frame=False)
+    t_unet = speed(unet, images, args, full_frame=True)
+    t_point = speed(pointwise, images, args, full_frame=False)
     rss = {n: peak_rss_mib(n, args) for n in (100, 1000)}
     print_table(t_unet, t_point, rss)
 

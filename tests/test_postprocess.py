@@ -180,3 +180,12 @@ def test_tuner_scores_equal_applying_the_rules(point):
     result = tune(samples, [threshold], [comp], [total], [gate])
     assert result.postprocess == PostProcess([threshold] * 4, [comp] * 4, [total] * 4, [gate] * 4)
     assert result.after["score"] == pytest.approx(score_of(result.postprocess, samples), abs=1e-12)
+
+
+def test_multiply_class_probs_scales_before_threshold():
+    probs = np.full((4, 8, 8), 0.8, np.float32)
+    post = PostProcess(multiply_class_probs=True)
+    masks = post(probs, class_probs=np.array([1.0, 0.5, 0.7, 0.6], np.float32))
+    assert masks.reshape(4, -1).any(1).tolist() == [True, False, True, False]  # 0.8, 0.4, 0.56, 0.48 vs 0.5
+    with pytest.raises(ValueError, match="class probabilities"):
+        post(probs)
