@@ -60,10 +60,18 @@ class SegmentationModel(nn.Module):
 
     def class_probs(self, images: Tensor) -> Tensor:
         """Image-level class probabilities, float32 [B, C] in [0, 1]."""
+        return torch.sigmoid(self.classify_features(self.encoder_features(images)).float())
+
+    def encoder_features(self, images: Tensor) -> Tensor:
+        """The encoder's deepest feature map [B, K, H/32, W/32], which the
+        classification head reads (and Grad-CAM explains)."""
         if not self.has_classification_head:
             raise RuntimeError("this model was built without model.classification_head")
-        features = self.net.encoder(self._normalise(images))
-        return torch.sigmoid(self.net.classification_head(features[-1]).float())
+        return self.net.encoder(self._normalise(images))[-1]
+
+    def classify_features(self, features: Tensor) -> Tensor:
+        """Class logits [B, C] from ``encoder_features``."""
+        return self.net.classification_head(features)
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         """The encoder's parameters, so the optimiser can give them their own learning rate."""
