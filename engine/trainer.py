@@ -8,7 +8,6 @@ runs (docs/CONTRACTS.md).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict
@@ -26,9 +24,8 @@ from .distributed import DistInfo, gather_objects, mean_across_ranks
 from .logger import RunLogger
 from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
 from .optim import build_ema, build_optimizer, build_scheduler
+from .runtime import autocast_for, progress
 from .visualize import overlay_panel
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def to_device(obj, device: torch.device):
@@ -40,19 +37,6 @@ def to_device(obj, device: torch.device):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
-
-
-def autocast_for(amp: str, device: torch.device):
-    """One switch that becomes a no-op when off."""
-    dtype = AMP_DTYPES[amp]
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA (it uses a GradScaler); use train.amp=bf16 on the CPU")
-    return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def progress(iterable, show: bool, **kwargs):
-    """A tqdm bar on rank 0 when stderr is a terminal; quiet otherwise."""
-    return tqdm(iterable, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True, leave=False, **kwargs)
 
 
 class Trainer:

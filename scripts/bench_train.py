@@ -24,7 +24,7 @@ from datasets.synthetic import make_dataset  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.data import build_train_dataset, load_run_data  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
-from engine.trainer import autocast_for  # noqa: E402
+from engine.runtime import autocast_for  # noqa: E402
 from models import build_model  # noqa: E402
 
 

@@ -143,7 +143,7 @@ def test_strict_exits_non_zero_in_a_subprocess(checkpoints, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "predict.py"), "--checkpoint", str(checkpoints[0]), "--images", str(images),
            "--out", str(out), "--strict", "--device", "cpu", "--full-frame", "--predict.num_workers=0",
-           "--predict.amp=bf16", "--predict.channels_last=true", "--predict.tta=hflip"]
+           "--predict.amp=bf16", "--predict.channels_last=true"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert run.returncode != 0, run.stderr
     assert "--strict" in run.stderr and "empty.jpg" in run.stdout
@@ -152,7 +152,8 @@ def test_strict_exits_non_zero_in_a_subprocess(checkpoints, tmp_path):
 
 def test_resume_predicts_only_unfinished_images(checkpoints, tmp_path, monkeypatch):
     names = [f"img{i}.jpg" for i in range(5)]
-    images = write_images(tmp_path / "images", {n: noise_image(256, 256, seed=i) for i, n in enumerate(names)})
+    images = write_images(tmp_path / "images", {n: noise_image(64, 64, seed=i) for i, n in enumerate(names)})
+    tiles = ["--predict.tile=64", "--predict.stride=64", "--predict.batch_size=2"]
     out = tmp_path / "out"
     real_write = inference.ResultWriter.write
     written = []
@@ -165,7 +166,7 @@ def test_resume_predicts_only_unfinished_images(checkpoints, tmp_path, monkeypat
 
     monkeypatch.setattr(inference.ResultWriter, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_predict(checkpoints[:1], images, out, "--predict.batch_size=2")
+        run_predict(checkpoints[:1], images, out, *tiles)
     assert sorted(read_journals(out / ".journal")) == written == names[:2]
 
     monkeypatch.setattr(inference.ResultWriter, "write", real_write)
@@ -177,19 +178,27 @@ def test_resume_predicts_only_unfinished_images(checkpoints, tmp_path, monkeypat
         return real_predict(self, batch)
 
     monkeypatch.setattr(Predictor, "predict_probs", counting)
-    summary = run_predict(checkpoints[:1], images, out, "--predict.batch_size=2", "--resume")
+    summary = run_predict(checkpoints[:1], images, out, *tiles, "--resume")
     assert sum(predicted) == summary.n_predicted == 3 and summary.n_written == 5
-    check_submission(out / "submission.csv", {n: (256, 256) for n in names})
+    check_submission(out / "submission.csv", {n: (64, 64) for n in names})
 
 
 def test_two_checkpoints_average_as_probabilities(checkpoints, tmp_path):
-    images = write_images(tmp_path / "images", {"x.png": noise_image(200, 300)})
+    images = write_images(tmp_path / "images", {"x.png": noise_image(200, 240)})
     probs = {}
     for key, ckpts in {"a": checkpoints[:1], "b": checkpoints[1:], "ab": checkpoints}.items():
         run_predict(ckpts, images, tmp_path / key, "--save-probs")
         probs[key] = load_probs(tmp_path / key / "probs" / "x.npz")[0]
     assert np.abs(probs["a"] - probs["b"]).max() > 0.01
     np.testing.assert_allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=2e-3)  # stored as float16
+
+
+def test_postprocess_file_replaces_the_thresholds(checkpoints, tmp_path):
+    images = write_images(tmp_path / "images", {"x.jpg": noise_image(64, 64)})
+    PostProcess(threshold=[1.0] * 4).to_json(tmp_path / "tuned.json")  # nothing is above 1
+    run_predict(checkpoints[:1], images, tmp_path / "out", f"--postprocess.file={tmp_path / 'tuned.json'}")
+    assert (read_submission(tmp_path / "out" / "submission.csv")["EncodedPixels"] == "").all()
+    assert not cv2.imread(str(tmp_path / "out" / "masks" / "x.png"), cv2.IMREAD_UNCHANGED).any()
 
 
 def test_overrides_other_than_predict_and_postprocess_are_refused(checkpoints, tmp_path):
@@ -316,9 +325,8 @@ def test_class_map_higher_probability_wins_where_masks_overlap():
 def test_journal_survives_a_torn_last_line(tmp_path):
     path = tmp_path / "rank0.jsonl"
     path.write_text('{"image": "a.jpg", "error": "x"}\n{"image": "b.jp')
-    journal = Journal(path)
-    journal.append({"image": "c.jpg", "rles": ["", "", "", ""], "shape": [1, 1]})
-    journal.append({"image": "a.jpg", "rles": ["1 1", "", "", ""], "shape": [1, 1]})
-    journal.close()
+    with Journal(path) as journal:
+        journal.append({"image": "c.jpg", "rles": ["", "", "", ""], "shape": [1, 1]})
+        journal.append({"image": "a.jpg", "rles": ["1 1", "", "", ""], "shape": [1, 1]})
     records = read_journals(tmp_path)
     assert sorted(records) == ["a.jpg", "c.jpg"] and records["a.jpg"]["rles"][0] == "1 1"

@@ -1,0 +1,90 @@
+"""Predict defect masks for a folder of strips: tiled inference, post-processing,
+a Kaggle submission and per-image mask files.
+
+    python predict.py --checkpoint RUN/best.pt [MORE.pt ...] --images DIR --out OUT [--section.key=value ...]
+    torchrun --nproc_per_node=N predict.py ...      # the same, images sharded over N processes
+
+Writes OUT/submission.csv (``ImageId,EncodedPixels,ClassId``, 4 rows per image;
+``--format competition``: ``ImageId_ClassId,EncodedPixels``) and
+OUT/masks/<stem>.png (uint8 class id 0..4 per pixel, the image's size); with
+``--save-probs`` OUT/probs/<stem>.npz (what scripts/tune_postprocess.py
+reads), with ``--overlays`` OUT/overlays/<stem>.jpg. Unreadable images are
+skipped and listed in OUT/skipped.txt (``--strict``: exit non-zero).
+
+Several checkpoints (e.g. cross-validation folds) are averaged as
+probabilities. The config is the first checkpoint's, with ``--predict.*`` and
+``--postprocess.*`` overrides on top (``--postprocess.file=tuned.json`` reads
+tuned thresholds). ``--resume`` predicts only the images an interrupted run
+into the same OUT did not finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from datasets.severstal import COMPETITION, RERELEASED
+from engine.config import ConfigError
+from engine.distributed import cleanup, init_distributed
+from engine.inference import SKIPPED, Predictor, RunSummary, load_models, predict_folder
+from engine.postprocess import PostProcess
+
+OVERRIDABLE = ("--predict.", "--postprocess.")
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--checkpoint", required=True, nargs="+", type=Path, help="one or more checkpoints, averaged")
+    parser.add_argument("--images", required=True, type=Path, help="folder of images to predict")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--format", choices=[RERELEASED, COMPETITION], default=RERELEASED,
+                        help="submission layout: ImageId,EncodedPixels,ClassId or ImageId_ClassId,EncodedPixels")
+    parser.add_argument("--save-probs", action="store_true", help="also write OUT/probs/<stem>.npz")
+    parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<stem>.jpg")
+    parser.add_argument("--full-frame", action="store_true", help="whole strips, no tiles: --predict.full_frame=true")
+    parser.add_argument("--resume", action="store_true", help="keep the images an earlier run into OUT finished")
+    parser.add_argument("--strict", action="store_true", help="exit non-zero when an image could not be read")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith(OVERRIDABLE) or "=" not in o]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}: overrides look like --predict.key=value "
+                     "or --postprocess.key=value")
+    if args.full_frame:
+        overrides.append("--predict.full_frame=true")
+    return args, overrides
+
+
+def report(summary: RunSummary) -> str:
+    lines = [f"{summary.n_written} of {summary.n_images} images in {summary.submission} "
+             f"({summary.n_predicted} predicted now)"]
+    if summary.skipped:
+        lines.append(f"skipped {len(summary.skipped)} unreadable images "
+                     f"(listed in {summary.submission.with_name(SKIPPED)}):")
+        lines += [f"  {name}: {error}" for name, error in summary.skipped.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> RunSummary:
+    args, overrides = parse_args(argv)
+    dist_info = init_distributed(args.device)
+    try:
+        models, cfg = load_models(args.checkpoint, overrides, dist_info.device)
+        predictor = Predictor(models, cfg.predict, dist_info.device)
+        summary = predict_folder(predictor, PostProcess.from_config(cfg.postprocess), args.images, args.out,
+                                 dist_info, layout=args.format, save_probs=args.save_probs,
+                                 overlays=args.overlays, resume=args.resume)
+    except (ConfigError, FileNotFoundError) as err:
+        raise SystemExit(f"predict.py: {err}") from None
+    if dist_info.is_main:
+        print(report(summary), flush=True)
+    cleanup()
+    if args.strict and summary.skipped:
+        raise SystemExit(f"--strict: {len(summary.skipped)} images could not be read")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
