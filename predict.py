@@ -8,7 +8,8 @@ Writes OUT/submission.csv (``ImageId,EncodedPixels,ClassId``, 4 rows per image;
 ``--format competition``: ``ImageId_ClassId,EncodedPixels``) and
 OUT/masks/<stem>.png (uint8 class id 0..4 per pixel, the image's size); with
 ``--save-probs`` OUT/probs/<stem>.npz (what scripts/tune_postprocess.py
-reads), with ``--overlays`` OUT/overlays/<stem>.jpg. Unreadable images are
+reads), with ``--overlays`` OUT/overlays/<stem>.jpg, with ``--gradcam``
+OUT/gradcam/<stem>.jpg (why the classification head flagged each class). Unreadable images are
 skipped and listed in OUT/skipped.txt (``--strict``: exit non-zero).
 
 Several checkpoints (e.g. cross-validation folds) are averaged as
@@ -43,6 +44,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         help="submission layout: ImageId,EncodedPixels,ClassId or ImageId_ClassId,EncodedPixels")
     parser.add_argument("--save-probs", action="store_true", help="also write OUT/probs/<stem>.npz")
     parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<stem>.jpg")
+    parser.add_argument("--gradcam", action="store_true",
+                        help="also write OUT/gradcam/<stem>.jpg: Grad-CAM of the classification head per class")
     parser.add_argument("--full-frame", action="store_true", help="whole strips, no tiles: --predict.full_frame=true")
     parser.add_argument("--resume", action="store_true", help="keep the images an earlier run into OUT finished")
     parser.add_argument("--strict", action="store_true", help="exit non-zero when an image could not be read")
@@ -75,7 +78,7 @@ def main(argv=None) -> RunSummary:
         predictor = Predictor(models, cfg.predict, dist_info.device)
         summary = predict_folder(predictor, PostProcess.from_config(cfg.postprocess), args.images, args.out,
                                  dist_info, layout=args.format, save_probs=args.save_probs,
-                                 overlays=args.overlays, resume=args.resume)
+                                 overlays=args.overlays, gradcam=args.gradcam, resume=args.resume)
     except (ConfigError, FileNotFoundError) as err:
         raise SystemExit(f"predict.py: {err}") from None
     if dist_info.is_main:

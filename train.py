@@ -22,6 +22,7 @@ from engine.config import Config, ConfigError, load_config, save_config, to_dict
 from engine.data import build_train_dataset, build_val_dataset, load_run_data
 from engine.distributed import barrier, broadcast_object, cleanup, init_distributed
 from engine.logger import RunLogger
+from engine.sweep import sweep_output_dir
 from engine.trainer import Trainer
 from models import build_model
 
@@ -40,10 +41,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def resolve_config(args, overrides) -> tuple[Config, Path | None]:
     """The config, and the checkpoint to resume from (or None)."""
     cfg = load_config(args.config, overrides)
+    cfg.output_dir = sweep_output_dir(cfg.output_dir)  # a folder per run under a W&B sweep agent
     last = Path(cfg.output_dir) / "last.pt"
     if args.resume and last.exists():
         stored = load_checkpoint(last)["config"]
-        return load_config(base=stored, overrides=overrides), last
+        return load_config(base=stored, overrides=[*overrides, f"--output_dir={cfg.output_dir}"]), last
     if last.exists():
         raise SystemExit(f"{cfg.output_dir} already holds a run (last.pt): pass --resume to continue it, "
                          "or choose another --output_dir=...")

@@ -47,6 +47,7 @@ from datasets.severstal import CLASS_IDS, RERELEASED, atomic_path, atomic_write_
 from .checkpoint import load_model
 from .config import Config, ConfigError, PredictConfig, load_config, to_dict
 from .distributed import DistInfo, broadcast_object, gather_objects
+from .gradcam import cam_panel, grad_cam
 from .postprocess import PostProcess, save_probs
 from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
 from .runtime import autocast_for, progress
@@ -123,6 +124,14 @@ class Predictor:
             return probs.cpu(), None
         class_probs = sum(self._class_probs(model, images) for model in self.class_models) / len(self.class_models)
         return probs.cpu(), class_probs.cpu()
+
+    def class_activation_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM of the classification heads, averaged over the models that
+        have one: float32 [B, 4, H, W] in [0, 1], on the CPU."""
+        if not self.class_models:
+            raise ConfigError("--gradcam needs a model with a classification head (model.classification_head)")
+        images = images.to(self.device)
+        return (sum(grad_cam(model, images) for model in self.class_models) / len(self.class_models)).cpu()
 
     def _probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         model_fn = with_tta(self._forward(model), self.cfg.tta)
@@ -257,13 +266,15 @@ class ResultWriter:
     a record means every file of that image is complete."""
 
     def __init__(self, out_dir, postprocess: PostProcess, journal: Journal,
-                 save_probs: bool = False, overlays: bool = False):
+                 save_probs: bool = False, overlays: bool = False, gradcam: bool = False):
         self.out_dir, self.postprocess, self.journal = Path(out_dir), postprocess, journal
-        self.save_probs, self.overlays = save_probs, overlays
+        self.save_probs, self.overlays, self.gradcam = save_probs, overlays, gradcam
 
-    def write(self, name: str, image: torch.Tensor, probs: torch.Tensor, class_probs: torch.Tensor | None) -> None:
+    def write(self, name: str, image: torch.Tensor, probs: torch.Tensor, class_probs: torch.Tensor | None,
+              cams: torch.Tensor | None = None) -> None:
         """image: float32 [3, H, W] in [0, 1]; probs: float32 [4, H, W] in
-        [0, 1]; class_probs: float32 [4] or None."""
+        [0, 1]; class_probs: float32 [4] or None; cams: Grad-CAM float32
+        [4, H, W] or None."""
         masks = self.postprocess(probs, class_probs)
         stem = Path(name).stem
         write_image(self.out_dir / "masks" / f"{stem}.png", class_map(masks, probs.numpy()))
@@ -272,6 +283,9 @@ class ResultWriter:
         if self.overlays:
             overlay = overlay_panel(to_bgr_uint8(image), masks, title=name)
             write_image(self.out_dir / "overlays" / f"{stem}.jpg", overlay)
+        if cams is not None:
+            panel = cam_panel(to_bgr_uint8(image), cams.numpy(), class_probs.numpy())
+            write_image(self.out_dir / "gradcam" / f"{stem}.jpg", panel)
         self.journal.append({"image": name, "rles": [rle_encode(m) for m in masks], "shape": list(masks.shape[1:])})
 
     def skip(self, name: str, error: Exception) -> None:
@@ -292,7 +306,7 @@ class RunSummary:
 
 def predict_folder(predictor: Predictor, postprocess: PostProcess, image_dir, out_dir, dist_info: DistInfo, *,
                    layout: str = RERELEASED, save_probs: bool = False, overlays: bool = False,
-                   resume: bool = False) -> RunSummary:
+                   gradcam: bool = False, resume: bool = False) -> RunSummary:
     """Predict every image of ``image_dir`` into ``out_dir`` (see the module
     docstring for the files), images sharded over ranks. ``resume`` keeps
     the journals of an earlier run and predicts only the images it did not
@@ -303,10 +317,12 @@ def predict_folder(predictor: Predictor, postprocess: PostProcess, image_dir, ou
     names = _listing(image_dir)
     if any(postprocess.gate) and not predictor.has_class_probs:
         raise ConfigError(f"postprocess.gate={postprocess.gate} needs a model with a classification head")
+    if gradcam and not predictor.has_class_probs:
+        raise ConfigError("--gradcam needs a model with a classification head (model.classification_head)")
     todo = broadcast_object(_todo(names, journal_dir, resume) if dist_info.is_main else None)
     mine = todo[dist_info.rank :: dist_info.world_size]
     with Journal(journal_dir / f"rank{dist_info.rank}.jsonl") as journal:
-        writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays)
+        writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam)
         n_predicted = _predict_images(predictor, ImageFolder(image_dir, mine), writer, dist_info.is_main)
     n_predicted = sum(gather_objects(n_predicted))  # a collective: past it, every rank's journal is closed
     summary = _write_submission(out_dir, names, layout, n_predicted) if dist_info.is_main else None
@@ -340,8 +356,10 @@ def _predict_images(predictor: Predictor, dataset: ImageFolder, writer: ResultWr
     n_done = 0
     for names, images in same_size_groups(_readable(items, writer), predictor.images_per_call):
         probs, class_probs = predictor.predict_probs(images)
+        cams = predictor.class_activation_maps(images) if writer.gradcam else None
         for i, name in enumerate(names):
-            writer.write(name, images[i], probs[i], None if class_probs is None else class_probs[i])
+            writer.write(name, images[i], probs[i], None if class_probs is None else class_probs[i],
+                         None if cams is None else cams[i])
         n_done += len(names)
     return n_done
 

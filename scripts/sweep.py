@@ -4,10 +4,12 @@
 
 The sweep's method picks the sampler (bayes: TPE, random: random, grid:
 every combination once). Each trial runs the sweep's command (``${args}``
-is the trial's ``--key=value`` values, then ``--output_dir=DIR/trial_NNN``
-and ``--wandb.mode=offline``, then the ``--key=value`` arguments given here,
-which override both: a data root, an epoch cap, ``--wandb.mode=disabled``)
-as a subprocess of this Python. Its metrics.jsonl is read while it runs;
+is the trial's ``--key=value`` values, then ``--output_dir=DIR/trial_NNN``,
+``--wandb.mode=offline`` and the trial's W&B group and name, then the
+``--key=value`` arguments given here, which override those: a data root, an
+epoch cap, ``--wandb.mode=disabled``) as a subprocess of this Python, in the
+current folder. Parameters and arguments are checked against
+engine/config.py before any trial starts. Its metrics.jsonl is read while it runs;
 every new epoch's metric (the sweep's ``metric.name``, e.g. ``val/score``)
 is reported to Optuna, and a trial worse than the median of finished trials
 at the same epoch is stopped and marked pruned. A trial that exits non-zero
@@ -43,8 +45,9 @@ from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from datasets.severstal import atomic_write_text  # noqa: E402
-from engine.sweep import SweepError, SweepSpec, check_parameters, describe_space, load_sweep, suggest  # noqa: E402
-from engine.sweep import trial_args, trial_command  # noqa: E402
+from engine.sweep import (  # noqa: E402
+    SweepError, SweepSpec, check_parameters, describe_space, load_sweep, suggest, trial_args, trial_command,
+)
 
 STDERR_TAIL_LINES = 20
 
@@ -79,7 +82,9 @@ def main(argv=None) -> pd.DataFrame:
     if not Path(spec.program).is_file():
         raise SystemExit(f"sweep error: program {spec.program} not found (run from the repository root)")
     study_dir = args.study_dir or Path("runs/sweeps") / spec.name
-    study = open_study(spec, study_dir, args)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=args.prune_startup_trials,
+                                         n_warmup_steps=args.prune_warmup_epochs)
+    study = open_study(spec, study_dir, pruner)
     remaining = args.trials - len(counted_trials(study))
     if remaining > 0:
         objective = make_objective(spec, study_dir, overrides, args.poll_seconds)
@@ -95,13 +100,12 @@ def main(argv=None) -> pd.DataFrame:
 # ---------------------------------------------------------------- the study
 
 
-def open_study(spec: SweepSpec, study_dir: Path, args) -> optuna.Study:
+def open_study(spec: SweepSpec, study_dir: Path, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """The study in ``study_dir/study.db``, created or loaded, with trials an
-    earlier runner left running marked failed."""
+    earlier runner left running marked failed; refuses a study of another
+    parameter space."""
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=args.prune_startup_trials,
-                                         n_warmup_steps=args.prune_warmup_epochs)
     study = optuna.create_study(storage=storage, study_name=spec.name, load_if_exists=True, pruner=pruner,
                                 direction=spec.goal, sampler=optuna.samplers.RandomSampler())
     space = json.loads(json.dumps(describe_space(spec)))
@@ -147,7 +151,7 @@ def run_trial(trial: optuna.Trial, command: list[str], out: Path, metric: str, p
     new epoch's ``metric`` to ``trial``; the last epoch's value. Raises
     optuna.TrialPruned (the process stopped) or TrialFailed."""
     out.mkdir(parents=True, exist_ok=True)
-    started, scores = time.time(), []
+    started = time.time()
     with open(out / "stdout.log", "w") as stdout, open(out / "stderr.log", "w") as stderr:
         proc = subprocess.Popen(command, stdout=stdout, stderr=stderr)
         try:
@@ -155,7 +159,7 @@ def run_trial(trial: optuna.Trial, command: list[str], out: Path, metric: str, p
         finally:
             stop(proc)
             trial.set_user_attr("seconds", round(time.time() - started, 1))
-            trial.set_user_attr("epochs", len(scores))
+            trial.set_user_attr("epochs", len(read_scores(out / "metrics.jsonl", metric)))
     if proc.returncode != 0:
         raise_failed(trial, f"exit status {proc.returncode}:\n{tail(out / 'stderr.log')}")
     if not scores:
@@ -245,7 +249,8 @@ def printable(table: pd.DataFrame) -> pd.DataFrame:
 def plot_params(study: optuna.Study, spec: SweepSpec, path: Path) -> None:
     """One subplot per parameter: the metric of completed trials (filled) and
     pruned ones (their last epoch, hollow) against the parameter's value;
-    categorical parameters as evenly spaced categories."""
+    categorical parameters as evenly spaced categories, numeric ones with
+    the searched range dotted."""
     fig, axes = plt.subplots(1, len(spec.params), figsize=(4 * len(spec.params), 3.5), squeeze=False)
     for ax, (name, dist) in zip(axes[0], spec.params.items()):
         for state, style in ((TrialState.COMPLETE, {"c": "C0"}), (TrialState.PRUNED, {"facecolors": "none",
@@ -272,7 +277,8 @@ def format_axis(ax, name: str, dist) -> None:
         ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
         ax.set_xlim(-0.5, len(dist.choices) - 0.5)
     else:
-        ax.set_xlim(dist.low, dist.high)  # the searched range, with or without points in it
+        for bound in (dist.low, dist.high):  # the searched range, which also sets the limits of an empty axis
+            ax.axvline(bound, color="0.8", linestyle=":")
         ax.set_xscale("log" if dist.log else "linear")
 
 

@@ -47,10 +47,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def save_tiny_checkpoint(path: Path, seed: int) -> Path:
-    """A random U-Net resnet18 saved with the keys load_model reads, as the trainer saves them."""
+def save_tiny_checkpoint(path: Path, seed: int, *overrides: str) -> Path:
+    """A random model (U-Net resnet18 unless ``overrides`` say otherwise) saved
+    with the keys load_model reads, as the trainer saves them."""
     torch.manual_seed(seed)
-    cfg = load_config(None, ["--model.encoder=resnet18"])
+    cfg = load_config(None, ["--model.encoder=resnet18", *overrides])
     model = build_model(cfg)
     save_checkpoint({"model": model.state_dict(), "ema": None, "config": to_dict(cfg), "epoch": 1, "step": 1,
                      "best_score": 0.0}, path)
@@ -330,3 +331,25 @@ def test_journal_survives_a_torn_last_line(tmp_path):
         journal.append({"image": "a.jpg", "rles": ["1 1", "", "", ""], "shape": [1, 1]})
     records = read_journals(tmp_path)
     assert sorted(records) == ["a.jpg", "c.jpg"] and records["a.jpg"]["rles"][0] == "1 1"
+
+
+def test_maskrcnn_checkpoint_writes_a_valid_submission(tmp_path):
+    """predict.py takes a Mask R-CNN checkpoint unchanged, tiled and full-frame."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "mrcnn.pt", 0, "--model.name=maskrcnn", "--model.backbone=resnet18",
+                                      "--model.score_threshold=0.0", "--model.detections_per_image=3")
+    images = write_images(tmp_path / "images", {"a.jpg": noise_image(256, 480)})
+    for mode in ([], ["--full-frame"]):
+        out = tmp_path / f"out{len(mode)}"
+        summary = run_predict([checkpoint], images, out, *mode)
+        assert summary.n_written == 1
+        check_submission(out / "submission.csv", {"a.jpg": (256, 480)})
+
+
+def test_gradcam_pictures_for_a_two_head_model(tmp_path):
+    checkpoint = save_tiny_checkpoint(tmp_path / "heads.pt", 0, "--model.classification_head=true", "--loss.cls=0.2")
+    images = write_images(tmp_path / "images", {"a.jpg": noise_image(256, 512)})
+    run_predict([checkpoint], images, tmp_path / "out", "--gradcam")
+    panel = cv2.imread(str(tmp_path / "out" / "gradcam" / "a.jpg"))
+    assert panel.shape == (4 * 256, 512, 3)
+    with pytest.raises(SystemExit, match="classification head"):
+        run_predict([save_tiny_checkpoint(tmp_path / "plain.pt", 0)], images, tmp_path / "out2", "--gradcam")

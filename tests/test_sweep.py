@@ -238,7 +238,7 @@ def test_trial_worse_than_the_median_is_pruned(fake_sweep):
     table = run_fake(fake_sweep, 3, "--loss.focal=0.1", "--train.epochs=300")  # 300 epochs take 9 s unpruned
     bad = table.iloc[2]
     assert bad["state"] == "pruned" and bad["value"] == 0.1
-    assert bad["epochs"] < 300 and bad["seconds"] < 5
+    assert bad["epochs"] < 300  # stopped, not run to the end
 
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(fake_sweep):
@@ -274,6 +274,7 @@ def test_study_of_another_space_is_not_continued(fake_sweep):
         run_fake(fake_sweep, 2)
 
 
+@pytest.mark.slow  # two train.py runs: 40-90 s on two shared cores
 def test_local_sweep_of_the_real_train_py(tmp_path):
     from datasets.synthetic import make_dataset
 
@@ -287,10 +288,11 @@ def test_local_sweep_of_the_real_train_py(tmp_path):
                      "--train.max_steps_per_epoch=1", "--wandb.mode=disabled")
     assert list(table["state"]) == ["complete", "complete"], table["error"].tolist()
     assert table["value"].between(0, 1).all()
-    for out in table["output_dir"]:
-        config = yaml.safe_load((Path(out) / "config.yaml").read_text())
-        assert config["output_dir"] == out and (Path(out) / "best.pt").is_file()
-        trial = table[table["output_dir"] == out].iloc[0]
-        assert config["optim"]["lr"] == pytest.approx(trial["optim.lr"]) and config["loss"]["dice"] == trial["loss.dice"]
+    for _, trial in table.iterrows():
+        out = Path(trial["output_dir"])
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert config["output_dir"] == str(out) and (out / "best.pt").is_file()
+        assert config["optim"]["lr"] == pytest.approx(trial["optim.lr"])
+        assert config["loss"]["dice"] == trial["loss.dice"]
+        assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert (tmp_path / "study" / "params.png").is_file()
-    assert json.loads((Path(table["output_dir"][0]) / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1

@@ -15,7 +15,7 @@ import pytest
 
 from datasets.severstal import RERELEASED, Annotations, list_images, read_mask_table
 from datasets.synthetic import (
-    ALL_CLASSES_FROM, MARKER, generate_split, image_names, make_dataset, plan_label_sets,
+    ALL_CLASSES_FROM, MARKER, generate_image, generate_split, image_names, make_dataset, plan_label_sets,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +131,12 @@ def test_every_class_in_every_split_of_twenty_or_more(n):
         for split_index in (0, 1):
             present = {c for labels in plan_label_sets(n, seed, split_index) for c in labels}
             assert present == {1, 2, 3, 4}, (n, seed, split_index)
+
+
+@pytest.mark.parametrize("classes", [(1, 2, 3), (5,), (3, 3)])
+def test_rejects_label_sets_it_cannot_draw(classes):
+    with pytest.raises(ValueError, match="classes"):
+        generate_image(np.random.default_rng(0), classes)
 
 
 def test_real_like_frequencies(sample):
