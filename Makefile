@@ -26,12 +26,22 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
+# synthetic data -> sanity-check the scorer -> train -> predict -> score -> pictures.
+# Every step is resumable: rerunning skips what is already done.
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic.py --out $(DATA) --train 400 --test 100 --seed 0
-	$(PY) scripts/demo_scores.py --data $(DATA) --out $(PRED)
+	@echo "== the scorer on the truth itself (must be 1.0) and the all-empty baseline =="
+	$(PY) scripts/evaluate.py --pred $(DATA)/test_truth.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
+	$(PY) train.py --config configs/demo_cpu.yaml --data.root=$(DATA) --output_dir=$(RUN) --resume
+	$(PY) predict.py --checkpoint $(RUN)/best.pt --images $(DATA)/test_images --out $(PRED) --overlays --resume
+	@echo "== held-out score of the trained model =="
+	$(PY) scripts/evaluate.py --pred $(PRED)/submission.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
+	@echo "pictures: $(PRED)/overlays/*.jpg (test strips), $(RUN)/overlays/*.jpg (validation, per epoch)"
 
 bench: $(STAMP)
 	$(PY) scripts/bench_rle.py
+	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_predict.py
 
 clean:
 	rm -rf $(RUN) $(PRED) $(DATA)

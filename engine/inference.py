@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -42,16 +41,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets.io import ImageReadError, read_image, to_tensor
 from datasets.rle import rle_encode
-from datasets.severstal import CLASS_IDS, RERELEASED, atomic_path, atomic_write_text, list_images, write_mask_csv
+from datasets.severstal import CLASS_IDS, RERELEASED, atomic_write_text, list_images, write_mask_csv
 
 from .checkpoint import load_model
 from .config import Config, ConfigError, PredictConfig, load_config, to_dict
 from .distributed import DistInfo, broadcast_object, gather_objects
 from .gradcam import cam_panel, grad_cam
 from .postprocess import PostProcess, save_probs
-from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
 from .runtime import autocast_for, progress
-from .visualize import overlay_panel
+from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
+from .visualize import overlay_panel, write_image
 
 JOURNAL_DIR = ".journal"
 SUBMISSION = "submission.csv"
@@ -242,16 +241,6 @@ def class_map(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
     with the highest probability among those on at that pixel."""
     scores = np.where(masks > 0, probs, -1.0)
     return np.where(masks.any(0), scores.argmax(0) + 1, 0).astype(np.uint8)
-
-
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode ``image`` (uint8 [H, W] or BGR [H, W, 3]) in the format of
-    ``path``'s suffix (.png, .jpg) and write it atomically."""
-    ok, encoded = cv2.imencode(path.suffix, image)
-    if not ok:
-        raise OSError(f"cv2 cannot encode an image of shape {image.shape} as {path.suffix}: {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
 
 
 def to_bgr_uint8(image: torch.Tensor) -> np.ndarray:

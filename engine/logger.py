@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, set_dotted, to_dict
+from .visualize import write_image
 
 
 class RunLogger:
@@ -59,6 +60,9 @@ class RunLogger:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for name, image in (images or {}).items():  # also on disk: W&B may be disabled
+            write_image(self.metrics_path.parent / "overlays" / f"epoch{record['epoch']:03d}_{Path(name).stem}.jpg",
+                        image)
         if self.run is not None:
             import wandb
 

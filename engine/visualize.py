@@ -3,8 +3,12 @@ strips, with a legend."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+from datasets.severstal import atomic_path
 
 # BGR colours per class 1..4, distinct on grey steel.
 CLASS_COLORS = ((0, 0, 255), (0, 200, 255), (255, 128, 0), (255, 0, 255))
@@ -48,3 +52,13 @@ def overlay_panel(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None 
     if truth is not None:
         panels += [legend_bar(image.shape[1], title="truth"), draw_outlines(image, truth)]
     return np.concatenate(panels, axis=0)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Encode ``image`` (uint8 [H, W] or BGR [H, W, 3]) in the format of
+    ``path``'s suffix (.png, .jpg) and write it atomically."""
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"cv2 cannot encode an image of shape {image.shape} as {path.suffix}: {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
