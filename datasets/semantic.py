@@ -86,7 +86,7 @@ class SeverstalSegmentation(Dataset):
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole ``(image uint8 [H, W, 3], masks uint8 [4, H, W])``; the
         image must have the annotations' shape."""
-        path = self.annotations.image_dir / image_id
+        path = self.annotations.path(image_id)
         image = read_image(path)
         if image.shape[:2] != tuple(self.annotations.shape):
             height, width = self.annotations.shape

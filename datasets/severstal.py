@@ -122,13 +122,16 @@ class Annotations:
     """Images of a folder and their masks.
 
     ``image_ids``: every image in the folder (defect-free ones included);
-    ``rles[image_id][class_id]``: the RLE string of each non-empty mask.
+    ``rles[image_id][class_id]``: the RLE string of each non-empty mask;
+    ``image_paths``: the files of images stored outside ``image_dir`` (after
+    ``merge``); ``path`` resolves either.
     """
 
     image_dir: Path
     image_ids: list[str]
     rles: dict[str, dict[int, str]] = field(default_factory=dict)
     shape: tuple[int, int] = STRIP_SHAPE
+    image_paths: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def load(cls, csv_path, image_dir, shape=STRIP_SHAPE, verbose: bool = False) -> "Annotations":
@@ -157,9 +160,28 @@ class Annotations:
     def classes_present(self, image_id: str) -> tuple[int, ...]:
         return tuple(sorted(self.rles.get(image_id, {})))
 
+    def path(self, image_id: str) -> Path:
+        """The image file of ``image_id``."""
+        return self.image_paths.get(image_id, self.image_dir / image_id)
+
     def subset(self, image_ids) -> "Annotations":
         ids = list(image_ids)
-        return Annotations(self.image_dir, ids, {i: self.rles[i] for i in ids if i in self.rles}, self.shape)
+        return Annotations(self.image_dir, ids, {i: self.rles[i] for i in ids if i in self.rles}, self.shape,
+                           {i: self.image_paths[i] for i in ids if i in self.image_paths})
+
+    def merge(self, other: "Annotations") -> "Annotations":
+        """These images and masks followed by ``other``'s, each image keeping
+        its file (``path``). Image ids must differ and shapes agree, else
+        AnnotationError naming them."""
+        if shared := sorted(set(self.image_ids) & set(other.image_ids)):
+            raise AnnotationError(f"{len(shared)} images of {other.image_dir} are already in {self.image_dir} "
+                                  f"(image ids must differ): {', '.join(shared[:5])}")
+        if tuple(other.shape) != tuple(self.shape):
+            raise AnnotationError(f"images of {other.image_dir} are {other.shape} (HxW), "
+                                  f"those of {self.image_dir} {self.shape}")
+        paths = {**self.image_paths, **{i: other.path(i) for i in other.image_ids}}
+        return Annotations(self.image_dir, self.image_ids + other.image_ids, {**self.rles, **other.rles},
+                           self.shape, paths)
 
     @property
     def defect_free(self) -> list[str]:

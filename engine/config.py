@@ -46,6 +46,10 @@ class DataConfig:
     num_workers: int = 2
     max_train_images: int = 0  # 0 = all; a cap for smoke runs
     max_val_images: int = 0
+    # extra training images with pseudo-labels (scripts/pseudo_label.py); never used for validation.
+    # Paths as given, not under root; only the images the csv names are added.
+    pseudo_csv: str = ""
+    pseudo_images: str = ""  # the folder of the images pseudo_csv names (e.g. test_images)
 
 
 @dataclass

@@ -21,23 +21,27 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker
 from datasets.augment import build_train_transform
 from datasets.instance import SeverstalInstances
 from datasets.semantic import SeverstalSegmentation
-from datasets.severstal import Annotations
+from datasets.severstal import AnnotationError, Annotations
 from datasets.splits import fold_image_ids, load_or_make_folds
 
-from .config import Config
+from .config import Config, ConfigError
 from .distributed import DistInfo
+from .scoring import csv_image_ids
 
 
 @dataclass
 class RunData:
-    annotations: Annotations
-    train_ids: list[str]
+    annotations: Annotations  # data.root's images: the split covers exactly these
+    train_ids: list[str]  # the fold's training images, then the pseudo-labelled ones
     val_ids: list[str]
     split_file: Path
+    train_annotations: Annotations  # annotations plus the pseudo-labelled images
 
 
 def load_run_data(cfg: Config, verbose: bool = False) -> RunData:
-    """Annotations of ``data.root`` and the train/validation ids of ``data.fold``."""
+    """Annotations of ``data.root``, the train/validation ids of ``data.fold``,
+    and the pseudo-labelled images of ``data.pseudo_csv`` added to training
+    only (the split and the validation fold ignore them)."""
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -52,7 +56,31 @@ def load_run_data(cfg: Config, verbose: bool = False) -> RunData:
         train_ids = train_ids[: cfg.data.max_train_images]
     if cfg.data.max_val_images:
         val_ids = val_ids[: cfg.data.max_val_images]
-    return RunData(annotations, list(train_ids), list(val_ids), split_file)
+    train_annotations = annotations
+    if cfg.data.pseudo_csv or cfg.data.pseudo_images:
+        pseudo = load_pseudo_labels(cfg, verbose)
+        train_annotations = annotations.merge(pseudo)
+        train_ids = list(train_ids) + pseudo.image_ids
+    return RunData(annotations, list(train_ids), list(val_ids), split_file, train_annotations)
+
+
+def load_pseudo_labels(cfg: Config, verbose: bool = False) -> Annotations:
+    """The images ``data.pseudo_csv`` names (defect-free ones included, which
+    only the competition layout can name) with their masks, from
+    ``data.pseudo_images``."""
+    if not (cfg.data.pseudo_csv and cfg.data.pseudo_images):
+        raise ConfigError("data.pseudo_csv and data.pseudo_images go together: the pseudo-label csv and "
+                          "the folder of its images")
+    csv_path, image_dir = Path(cfg.data.pseudo_csv), Path(cfg.data.pseudo_images)
+    shape = (cfg.data.image_height, cfg.data.image_width)
+    annotations = Annotations.load(csv_path, image_dir, shape, verbose=verbose)
+    named = csv_image_ids(csv_path)
+    if missing := sorted(set(named) - set(annotations.image_ids)):
+        raise AnnotationError(f"{csv_path} names {len(missing)} images not found in {image_dir}: "
+                              f"{', '.join(missing[:5])}")
+    if verbose:
+        print(f"{len(named)} pseudo-labelled images from {csv_path} added to training")
+    return annotations.subset(named)
 
 
 def split_path(cfg: Config) -> Path:
@@ -70,8 +98,9 @@ def build_train_dataset(cfg: Config, data: RunData, target_kind: str):
     crop = (cfg.data.crop_height, cfg.data.crop_width) if cfg.data.crop_width else None
     common = dict(crop=crop, crop_defect_prob=cfg.data.crop_defect_prob, transform=build_train_transform(cfg.augment))
     if target_kind == "instance":
-        return SeverstalInstances(data.annotations, data.train_ids, min_area=cfg.data.min_instance_area, **common)
-    return SeverstalSegmentation(data.annotations, data.train_ids, **common)
+        return SeverstalInstances(data.train_annotations, data.train_ids, min_area=cfg.data.min_instance_area,
+                                  **common)
+    return SeverstalSegmentation(data.train_annotations, data.train_ids, **common)
 
 
 def build_val_dataset(data: RunData) -> SeverstalSegmentation:
