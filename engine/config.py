@@ -133,6 +133,7 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm under DDP
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_steps_per_epoch: int = 0  # 0 = a full pass; a cap for smoke runs
+    val_every: int = 1  # validate every N epochs (and always after the last)
     val_threshold: float = 0.5  # pixel threshold for the validation score
     n_overlays: int = 4  # validation overlays logged per epoch
 
@@ -294,6 +295,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.data.crop_defect_prob <= 1.0, "data.crop_defect_prob", "must be in [0, 1]"),
         (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
         (cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1"),
+        (cfg.train.val_every >= 1, "train.val_every", "must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (0 < cfg.predict.stride <= cfg.predict.tile, "predict.stride", "must be in 1..predict.tile"),
         (0.0 <= cfg.train.ema < 1.0, "train.ema", "must be in [0, 1)"),

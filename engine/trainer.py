@@ -89,21 +89,25 @@ class Trainer:
     # ------------------------------------------------------------------ fit
 
     def fit(self) -> dict:
-        """Train from ``self.epoch`` to ``train.epochs``; returns the last record."""
+        """Train from ``self.epoch`` to ``train.epochs``, validating every
+        ``train.val_every`` epochs and after the last; returns the last record."""
         record = {}
         for epoch in range(self.epoch + 1, self.cfg.train.epochs + 1):
             started = time.time()
             torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch * 10_007 + self.dist.rank)
             train_losses = self.train_one_epoch(epoch)
-            metrics, overlays = self.evaluate()
-            if self.scheduler_when == "metric":
-                self.scheduler.step(metrics["score"])
             self.epoch = epoch
-            improved = metrics["score"] > self.best_score
-            self.best_score = max(self.best_score, metrics["score"])
             record = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[-1]["lr"],
-                      "train": train_losses, "val": metrics, "best_score": self.best_score,
-                      "time_s": round(time.time() - started, 2)}
+                      "train": train_losses}
+            improved, overlays = False, {}
+            if epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs:
+                metrics, overlays = self.evaluate()
+                if self.scheduler_when == "metric":
+                    self.scheduler.step(metrics["score"])
+                improved = metrics["score"] > self.best_score
+                self.best_score = max(self.best_score, metrics["score"])
+                record.update(val=metrics, best_score=self.best_score)
+            record["time_s"] = round(time.time() - started, 2)
             self.logger.log_epoch(record, self.step, overlays)
             if self.dist.is_main:
                 self.save("last.pt")
@@ -242,10 +246,13 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def _print_epoch(self, r: dict) -> None:
-        per_class = " ".join(f"{k}:{v:.3f}" for k, v in r["val"]["per_class"].items())
-        print(f"epoch {r['epoch']}/{self.cfg.train.epochs} step {r['step']} loss {r['train'].get('loss', float('nan')):.4f} "
-              f"val {r['val']['score']:.4f} (empty {r['val']['empty_baseline']:.4f}; {per_class}) "
-              f"best {r['best_score']:.4f} [{r['time_s']:.0f}s]", flush=True)
+        line = (f"epoch {r['epoch']}/{self.cfg.train.epochs} step {r['step']} "
+                f"loss {r['train'].get('loss', float('nan')):.4f}")
+        if "val" in r:
+            per_class = " ".join(f"{k}:{v:.3f}" for k, v in r["val"]["per_class"].items())
+            line += (f" val {r['val']['score']:.4f} (empty {r['val']['empty_baseline']:.4f}; {per_class}) "
+                     f"best {r['best_score']:.4f}")
+        print(f"{line} [{r['time_s']:.0f}s]", flush=True)
 
 
 def _strip_ema(state: dict) -> dict:

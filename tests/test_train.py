@@ -26,16 +26,17 @@ def tiny_args(root, out, *extra):
             "--wandb.mode=disabled", "--data.crop_width=128", "--data.crop_height=128", *extra]
 
 
-@pytest.mark.parametrize("amp", ["off", "bf16"])
-def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, amp):
+@pytest.mark.parametrize("amp, val_every", [("off", 1), ("bf16", 2)])
+def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, amp, val_every):
     out = tmp_path / "run"
-    record = train.main(tiny_args(tiny_data, out, f"--train.amp={amp}"))
+    record = train.main(tiny_args(tiny_data, out, f"--train.amp={amp}", f"--train.val_every={val_every}"))
     assert {"last.pt", "best.pt", "config.yaml", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4
     assert ckpt["config"]["train"]["amp"] == amp
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
+    assert [("val" in l) for l in lines] == [val_every == 1, True]  # validated every val_every epochs and at the end
     assert 0.0 <= record["val"]["score"] <= 1.0 and set(record["val"]["per_class"]) == {"1", "2", "3", "4"}
     model, cfg = load_model(out / "best.pt")
     assert not model.training and cfg.train.amp == amp
