@@ -26,17 +26,19 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
-# synthetic data -> sanity-check the scorer -> train -> predict -> score -> pictures.
+# synthetic data -> sanity-check the scorer -> train fold 0 and tune post-processing
+# on its validation images -> predict the held-out test strips -> score -> pictures.
 # Every step is resumable: rerunning skips what is already done.
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic.py --out $(DATA) --train 400 --test 100 --seed 0
 	@echo "== the scorer on the truth itself (must be 1.0) and the all-empty baseline =="
 	$(PY) scripts/evaluate.py --pred $(DATA)/test_truth.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
-	$(PY) train.py --config configs/demo_cpu.yaml --data.root=$(DATA) --output_dir=$(RUN) --resume
-	$(PY) predict.py --checkpoint $(RUN)/best.pt --images $(DATA)/test_images --out $(PRED) --overlays --resume
-	@echo "== held-out score of the trained model =="
+	$(PY) scripts/cv.py --config configs/demo_cpu.yaml --out $(RUN) --folds 0 --data.root=$(DATA)
+	$(PY) predict.py --checkpoint $(RUN)/fold0/best.pt --images $(DATA)/test_images --out $(PRED) --overlays \
+		--postprocess.file=$(RUN)/postprocess.json --resume
+	@echo "== held-out score of the trained model, post-processing tuned on fold 0 =="
 	$(PY) scripts/evaluate.py --pred $(PRED)/submission.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
-	@echo "pictures: $(PRED)/overlays/*.jpg (test strips), $(RUN)/overlays/*.jpg (validation, per epoch)"
+	@echo "pictures: $(PRED)/overlays/*.jpg (test strips), $(RUN)/fold0/overlays/*.jpg (validation)"
 
 bench: $(STAMP)
 	$(PY) scripts/bench_rle.py

@@ -3,6 +3,8 @@ per test session."""
 
 import os
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -19,3 +21,28 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     make_dataset(root, n_train=24, n_test=6, seed=0, workers=1, progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread on a shared 2-core machine;
+    modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def blank_images(tmp_path):
+    """``make(names, shape)`` writes black images of ``shape`` (H, W) into
+    ``tmp_path/images`` and returns that folder."""
+
+    def make(names, shape):
+        folder = tmp_path / "images"
+        folder.mkdir(exist_ok=True)
+        for name in names:
+            cv2.imwrite(str(folder / name), np.zeros((*shape, 3), np.uint8))
+        return folder
+
+    return make

@@ -5,7 +5,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
@@ -41,11 +40,8 @@ RLES = {image: {c: rle_encode(m) for c, m in masks.items()} for image, masks in 
 
 
 @pytest.fixture
-def dataset(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    for name in IMAGES:
-        cv2.imwrite(str(images / name), np.zeros((*SHAPE, 3), np.uint8))
+def dataset(tmp_path, blank_images):
+    images = blank_images(IMAGES, SHAPE)
     csv = tmp_path / "train.csv"
     write_mask_csv(csv, RLES)
     return csv, images

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -34,11 +33,8 @@ _spec.loader.exec_module(evaluate_script)
 
 
 @pytest.fixture
-def data(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    for name in IMAGES:
-        cv2.imwrite(str(images / name), np.zeros((*SHAPE, 3), np.uint8))
+def data(tmp_path, blank_images):
+    images = blank_images(IMAGES, SHAPE)
     truth = tmp_path / "truth.csv"
     write_mask_csv(truth, TRUTH, RERELEASED)
     return tmp_path, images, truth

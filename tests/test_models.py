@@ -13,13 +13,7 @@ from models.unet import SegmentationModel, build_unet
 ENCODER = "resnet18"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU models run fastest on one thread on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet_config(**model) -> Config:

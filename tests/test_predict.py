@@ -38,13 +38,7 @@ STRIP = (256, 1600)  # (H, W)
 PAINT_STEP = 40  # the painted-class images: pixel value 40 * class id
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_tiny_checkpoint(path: Path, seed: int, *overrides: str) -> Path:

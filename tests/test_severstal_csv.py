@@ -3,7 +3,6 @@ the list of samples, and clear errors naming file and row."""
 
 import os
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,11 +25,8 @@ RERELEASED_CSV = "ImageId,ClassId,EncodedPixels\n" + "".join(
 
 
 @pytest.fixture
-def image_dir(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in IMAGES:
-        cv2.imwrite(str(folder / name), np.zeros((*SHAPE, 3), np.uint8))
+def image_dir(blank_images):
+    folder = blank_images(IMAGES, SHAPE)
     (folder / "notes.txt").write_text("not an image")
     return folder
 

@@ -11,14 +11,7 @@ from engine.tiling import blend_weights, pad_to, predict_full_frame, predict_til
 SIZES = [(256, 1600), (257, 1601), (100, 300)]  # (H, W)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core
-    machine spend their time waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pointwise_model(channels: int = 4, seed: int = 0):
