@@ -46,7 +46,14 @@ from optuna.trial import TrialState  # noqa: E402
 
 from datasets.severstal import atomic_write_text  # noqa: E402
 from engine.sweep import (  # noqa: E402
-    SweepError, SweepSpec, check_parameters, describe_space, load_sweep, suggest, trial_args, trial_command,
+    SweepError,
+    SweepSpec,
+    check_parameters,
+    describe_space,
+    load_sweep,
+    suggest,
+    trial_args,
+    trial_command,
 )
 
 STDERR_TAIL_LINES = 20

@@ -24,7 +24,12 @@ from tqdm import tqdm  # noqa: E402
 
 from datasets.severstal import Annotations, list_images, read_mask_table, table_to_rles  # noqa: E402
 from engine.postprocess import (  # noqa: E402
-    GATES, MIN_COMPONENT_AREAS, MIN_TOTAL_AREAS, THRESHOLDS, load_probs, tune,
+    GATES,
+    MIN_COMPONENT_AREAS,
+    MIN_TOTAL_AREAS,
+    THRESHOLDS,
+    load_probs,
+    tune,
 )
 
 

@@ -28,7 +28,13 @@ from engine.checkpoint import save_checkpoint
 from engine.config import ConfigError, PredictConfig, load_config, to_dict
 from engine.distributed import init_distributed
 from engine.inference import (
-    Journal, Predictor, class_map, has_class_head, predict_folder, read_journals, same_size_groups,
+    Journal,
+    Predictor,
+    class_map,
+    has_class_head,
+    predict_folder,
+    read_journals,
+    same_size_groups,
 )
 from engine.postprocess import PostProcess, load_probs
 from models import build_model

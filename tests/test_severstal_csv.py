@@ -9,7 +9,13 @@ import pytest
 
 from datasets.rle import rle_decode
 from datasets.severstal import (
-    COMPETITION, RERELEASED, AnnotationError, Annotations, detect_layout, read_mask_table, write_mask_csv,
+    COMPETITION,
+    RERELEASED,
+    AnnotationError,
+    Annotations,
+    detect_layout,
+    read_mask_table,
+    write_mask_csv,
 )
 
 SHAPE = (8, 6)

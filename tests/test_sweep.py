@@ -16,8 +16,16 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_
 from wandb.sdk.sweeps.scheduler.optuna import search_space_from_sweep_config
 
 from engine.sweep import (
-    SweepError, check_parameters, describe, describe_space, load_sweep, suggest, sweep_output_dir, to_distribution,
-    trial_args, trial_command,
+    SweepError,
+    check_parameters,
+    describe,
+    describe_space,
+    load_sweep,
+    suggest,
+    sweep_output_dir,
+    to_distribution,
+    trial_args,
+    trial_command,
 )
 
 REPO = Path(__file__).resolve().parents[1]
