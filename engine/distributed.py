@@ -83,6 +83,20 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``module``.
+
+    DDP keeps parameters in step but each rank's last forward updates its own
+    BatchNorm running statistics (and an EMA averages them per rank), so
+    without this the ranks would evaluate slightly different models.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=src)
+
+
 def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar values over ranks (for logging only)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict
 from .data import train_loader, val_loader
-from .distributed import DistInfo, gather_objects, mean_across_ranks
+from .distributed import DistInfo, broadcast_module_state, gather_objects, mean_across_ranks
 from .logger import RunLogger
 from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
 from .optim import build_ema, build_optimizer, build_scheduler
@@ -176,6 +176,7 @@ class Trainer:
         """Kaggle score on whole validation strips, from per-(image, class)
         counts gathered over ranks (never an average of per-rank means)."""
         model = self.eval_model
+        broadcast_module_state(model)  # every rank scores exactly the weights rank 0 saves
         model.eval()
         ids, counts, overlays = [], [], {}
         threshold = self.cfg.train.val_threshold
