@@ -40,6 +40,7 @@ class DataConfig:
     crop_width: int = 256  # training crop; 0 = whole strips
     crop_widths: list[int] = field(default_factory=list)  # several widths: one drawn per batch (9th place)
     crop_defect_prob: float = 0.8  # chance a crop is centred on a defect when the image has one
+    class_balance: float = 0.0  # 0 = images drawn uniformly; 1 = each class (and defect-free) drawn equally often
     min_instance_area: int = 16  # connected components smaller than this are not instances (Mask R-CNN)
     batch_size: int = 8
     val_batch_size: int = 4  # whole 1600x256 strips
@@ -293,6 +294,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.fold < cfg.data.folds, "data.fold", f"must be in 0..{cfg.data.folds - 1}"),
         (cfg.data.folds >= 2, "data.folds", "must be >= 2"),
         (0.0 <= cfg.data.crop_defect_prob <= 1.0, "data.crop_defect_prob", "must be in [0, 1]"),
+        (0.0 <= cfg.data.class_balance <= 1.0, "data.class_balance", "must be in [0, 1]"),
         (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
         (cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1"),
         (cfg.train.val_every >= 1, "train.val_every", "must be >= 1"),

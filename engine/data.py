@@ -147,11 +147,50 @@ class MixedWidthBatchSampler(Sampler):
         return len(self.sampler) // self.batch_size
 
 
+def class_balance_weights(annotations: Annotations, image_ids, power: float) -> np.ndarray:
+    """Sampling weights [N] that draw rare classes more often: an image weighs
+    (1 / frequency of its rarest label) ** power, its labels being the classes
+    it holds or "defect-free". power 0 gives uniform weights, 1 draws every
+    label equally often (up to images holding two)."""
+    labels = [annotations.classes_present(i) or (0,) for i in image_ids]
+    counts = {label: sum(label in ls for ls in labels) for label in {l for ls in labels for l in ls}}
+    weights = np.array([max(1.0 / counts[l] for l in ls) for ls in labels]) ** power
+    return weights / weights.sum()
+
+
+class WeightedShardSampler(Sampler):
+    """``len(weights) // num_replicas`` indices per rank per epoch, drawn with
+    replacement by ``weights``, the same draw on every rank (seeded by seed
+    and epoch) split between ranks: DistributedSampler's contract with
+    weights."""
+
+    def __init__(self, weights: np.ndarray, num_replicas: int, rank: int, seed: int):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = len(self) * self.num_replicas
+        draw = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        return iter(draw[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return len(self.weights) // self.num_replicas
+
+
 def train_loader(dataset, cfg: Config, dist_info: DistInfo, epoch: int) -> DataLoader:
     """The training loader of one epoch: shuffled by (seed, epoch), sharded by
-    rank; with ``data.crop_widths`` each batch takes one of those widths."""
-    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                 shuffle=True, seed=cfg.train.seed, drop_last=True)
+    rank; with ``data.class_balance`` images are drawn with class-balancing
+    weights; with ``data.crop_widths`` each batch takes one of those widths."""
+    if cfg.data.class_balance > 0:
+        weights = class_balance_weights(dataset.annotations, dataset.image_ids, cfg.data.class_balance)
+        sampler = WeightedShardSampler(weights, dist_info.world_size, dist_info.rank, cfg.train.seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     shuffle=True, seed=cfg.train.seed, drop_last=True)
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 1_009 + dist_info.rank)
     if cfg.data.num_workers == 0:

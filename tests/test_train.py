@@ -44,7 +44,7 @@ def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, amp, v
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
-    train.main(tiny_args(tiny_data, straight, "--train.ema=0.9"))
+    train.main(tiny_args(tiny_data, straight, "--train.ema=0.9", "--data.class_balance=0.5"))
 
     interrupted = tmp_path / "interrupted"
     real_save = trainer_module.Trainer.save
@@ -56,10 +56,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path, monkey
 
     monkeypatch.setattr(trainer_module.Trainer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.main(tiny_args(tiny_data, interrupted, "--train.ema=0.9"))
+        train.main(tiny_args(tiny_data, interrupted, "--train.ema=0.9", "--data.class_balance=0.5"))
     assert load_checkpoint(interrupted / "last.pt")["epoch"] == 1
     monkeypatch.setattr(trainer_module.Trainer, "save", real_save)
-    train.main(tiny_args(tiny_data, interrupted, "--train.ema=0.9", "--resume"))
+    train.main(tiny_args(tiny_data, interrupted, "--train.ema=0.9", "--data.class_balance=0.5", "--resume"))
 
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(interrupted / "last.pt")
     assert a["step"] == b["step"] == 4
