@@ -37,7 +37,7 @@ from tqdm import tqdm
 from .rle import STRIP_SHAPE, rle_encode
 from .severstal import CLASS_IDS, NUM_CLASSES, atomic_write_text, list_images, write_mask_csv
 
-GENERATOR_VERSION = 1  # bump whenever the images or masks a seed gives change
+GENERATOR_VERSION = 2  # bump whenever the images or masks a seed gives change
 HEIGHT, WIDTH = STRIP_SHAPE
 SPLITS = ("train", "test")
 MARKER = "synthetic.json"
@@ -237,8 +237,8 @@ def paint_pits(rng, image: np.ndarray, mask: np.ndarray, lo: int, hi: int) -> No
         points = rng.normal(centre, spread, (n, 2))
         points[:, 0] = points[:, 0].clip(lo + 12, hi - 12)
         points[:, 1] = points[:, 1].clip(3, HEIGHT - 4)
-        radii = rng.uniform(0.6, 3.0, n)
-        values = _amplitude(rng, 55) * np.where(rng.random(n) < 0.75, -1.0, 0.8)
+        radii = rng.uniform(1.0, 3.2, n)
+        values = _amplitude(rng, 70) * np.where(rng.random(n) < 0.75, -1.0, 0.8)
         x0, y0, x1, y1 = _box(points, 6)
         patch = np.zeros((y1 - y0, x1 - x0), np.float32)
         for (x, y), r, v in zip(np.round(points - (x0, y0)).astype(int), np.round(radii).astype(int), values):
@@ -253,8 +253,8 @@ def paint_cross_scratches(rng, image: np.ndarray, mask: np.ndarray, lo: int, hi:
         ys = np.linspace(rng.uniform(0, 50), rng.uniform(HEIGHT - 50, HEIGHT), 6)
         xs = rng.uniform(lo + 50, hi - 50) + np.linspace(0, rng.uniform(-30, 30), 6) + rng.normal(0, 1.5, 6)
         line = np.stack([xs, ys], 1)
-        amplitude = _amplitude(rng, 60) * rng.choice((-1, 1), p=(0.7, 0.3))
-        _draw_polyline(rng, image, line, amplitude, int(rng.integers(1, 4)))
+        amplitude = _amplitude(rng, 70) * rng.choice((-1, 1), p=(0.7, 0.3))
+        _draw_polyline(rng, image, line, amplitude, int(rng.integers(2, 4)))
         cv2.fillPoly(mask, [_band_outline(line, rng.uniform(6, 14), (1, 0))], 1)
 
 

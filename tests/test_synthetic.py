@@ -15,7 +15,13 @@ import pytest
 
 from datasets.severstal import RERELEASED, Annotations, list_images, read_mask_table
 from datasets.synthetic import (
-    ALL_CLASSES_FROM, MARKER, generate_image, generate_split, image_names, make_dataset, plan_label_sets,
+    ALL_CLASSES_FROM,
+    MARKER,
+    generate_image,
+    generate_split,
+    image_names,
+    make_dataset,
+    plan_label_sets,
 )
 
 REPO = Path(__file__).resolve().parents[1]
