@@ -130,3 +130,13 @@ def test_torchrun_two_processes_matches_single_process(tiny_data, tmp_path):
     cfg = load_config(out / "config.yaml")
     val_ids = load_run_data(cfg).val_ids
     assert single_process_score(out / "last.pt", tiny_data, val_ids) == pytest.approx(record["val"]["score"], abs=1e-6)
+
+
+def test_wandb_offline_needs_no_server(tiny_data, tmp_path, monkeypatch):
+    """The default W&B mode logs an offline run with no login and no network."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_data, out, "--wandb.mode=offline", "--train.epochs=1", "--train.max_steps_per_epoch=1"))
+    assert list((out / "wandb").rglob("*.wandb")), "no offline run file written"
+    assert load_checkpoint(out / "last.pt")["wandb_id"]
