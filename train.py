@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, model_weights
 from engine.config import Config, ConfigError, load_config, save_config, to_dict
 from engine.data import build_train_dataset, build_val_dataset, load_run_data
 from engine.distributed import barrier, broadcast_object, cleanup, init_distributed
@@ -38,25 +38,26 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
-def resolve_config(args, overrides) -> tuple[Config, Path | None]:
-    """The config, and the checkpoint to resume from (or None)."""
+def resolve_config(args, overrides) -> tuple[Config, Path | None, str | None]:
+    """The config, the checkpoint to resume from (or None) and its W&B run id."""
     cfg = load_config(args.config, overrides)
     cfg.output_dir = sweep_output_dir(cfg.output_dir)  # a folder per run under a W&B sweep agent
     last = Path(cfg.output_dir) / "last.pt"
     if args.resume and last.exists():
-        stored = load_checkpoint(last)["config"]
-        return load_config(base=stored, overrides=[*overrides, f"--output_dir={cfg.output_dir}"]), last
+        ckpt = load_checkpoint(last)
+        cfg = load_config(base=ckpt["config"], overrides=[*overrides, f"--output_dir={cfg.output_dir}"])
+        return cfg, last, ckpt["wandb_id"]
     if last.exists():
         raise SystemExit(f"{cfg.output_dir} already holds a run (last.pt): pass --resume to continue it, "
                          "or choose another --output_dir=...")
-    return cfg, None
+    return cfg, None, None
 
 
 def init_weights(model, path, verbose: bool) -> None:
     """Load a checkpoint's weights (EMA ones when kept) before training: a new
     run, with a fresh optimiser and schedule, that starts where another ended."""
     ckpt = load_checkpoint(path)
-    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    model.load_state_dict(model_weights(ckpt))
     if verbose:
         print(f"initialised weights from {path} (epoch {ckpt['epoch']}, score {ckpt['best_score']:.4f})")
 
@@ -70,7 +71,7 @@ def describe_model(cfg: Config) -> str:
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     try:
-        cfg, resume_from = resolve_config(args, overrides)
+        cfg, resume_from, resume_id = resolve_config(args, overrides)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
     dist_info = init_distributed(cfg.train.device)
@@ -78,7 +79,6 @@ def main(argv=None) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
-    resume_id = load_checkpoint(resume_from)["wandb_id"] if resume_from else None
     logger = RunLogger(cfg, dist_info.is_main, resume_id)
     logger.sweep_overrides(cfg)
     cfg = load_config(base=broadcast_object(to_dict(cfg)))  # every rank runs rank 0's config

@@ -55,6 +55,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def model_weights(ckpt: dict) -> dict:
+    """The weights to predict or fine-tune with: the EMA's when the run kept one."""
+    return ckpt.get("ema") or ckpt["model"]
+
+
 def load_model(path, device="cpu"):
     """An eval-mode model and its Config from a checkpoint (EMA weights when the
     run kept an EMA). See docs/CONTRACTS.md."""
@@ -64,5 +69,5 @@ def load_model(path, device="cpu"):
     cfg: Config = load_config(base=ckpt["config"])
     cfg.model.encoder_weights = None  # the trained weights replace any pretrained ones
     model = build_model(cfg)
-    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    model.load_state_dict(model_weights(ckpt))
     return model.to(device).eval(), cfg

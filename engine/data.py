@@ -2,8 +2,8 @@
 
 Randomness is a function of (seed, epoch, rank, worker): the sampler shuffles
 with ``set_epoch``, the loader draws worker seeds from a generator seeded per
-epoch, and each worker reseeds numpy, ``random`` and the Albumentations
-pipeline (which keeps its own RNG). A run resumed at an epoch boundary
+epoch, and each worker reseeds the dataset's generator (crops and the
+Albumentations seed of every item). A run resumed at an epoch boundary
 therefore sees exactly the batches an uninterrupted run sees.
 """
 
@@ -115,14 +115,12 @@ def seed_worker(worker_id: int) -> None:
 
 
 def seed_dataset(dataset, seed: int) -> None:
+    """The dataset draws crops and augmentation seeds from its own generator;
+    numpy and ``random`` are seeded too, for transforms users add."""
     seed = int(seed) % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-    if hasattr(dataset, "set_seed"):
-        dataset.set_seed(seed)
+    dataset.set_seed(seed)
 
 
 class MixedWidthBatchSampler(Sampler):
