@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+from engine.config import ConfigError  # noqa: E402
 from engine.cv import format_report, run_cv  # noqa: E402
 
 
@@ -28,7 +29,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     args, overrides = parser.parse_known_args(argv)
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    report = run_cv(train.main, args.config, overrides, args.out, folds)
+    try:
+        report = run_cv(train.main, args.config, overrides, args.out, folds)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"cv.py: {err}") from None
     print(format_report(report))
     return report
 

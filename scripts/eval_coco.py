@@ -27,7 +27,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--truth", help="truth csv for --images, either layout")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    model, cfg = load_model(args.checkpoint)
+    try:
+        model, cfg = load_model(args.checkpoint)
+    except FileNotFoundError as err:
+        raise SystemExit(f"eval_coco.py: {err}") from None
     if not hasattr(model, "detect"):
         raise SystemExit(f"{args.checkpoint} holds a {cfg.model.name} model; COCO mAP needs an instance model (maskrcnn)")
     if args.images:
