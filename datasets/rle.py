@@ -6,11 +6,15 @@ numbered from 1, top to bottom, then left to right (column-major): pixel 1 is
 are sorted, positive and non-overlapping; an empty string (or NaN) is an empty
 mask.
 
-Both directions are vectorised, with no per-run Python loop: a string of plain
-digits is parsed in C (``np.fromstring``) and runs are expanded with
-``np.repeat``. Decoding returns the [H, W] mask as a view in column-major
-memory order (no transpose copy, like the notebook loop decoders); encoding
-transposes with one ``cv2.transpose``.
+Neither direction has a per-run Python loop. Decoding a well-formed string
+is one pass of a small compiled kernel (``_decode_kernel``, numba) that parses,
+validates and paints in a single sweep over the characters and the pixels:
+about 4x fewer passes than the numpy route (parse with ``np.fromstring``,
+bounds arithmetic, ``np.repeat``), which stays as the reference that explains
+what is wrong with a string the kernel rejects, and as what ``parse_runs`` and
+``rle_area`` use. Decoding returns the [H, W] mask as a view in column-major
+memory order (no transpose copy, like the notebook loop decoders). Encoding is
+vectorised numpy with one ``cv2.transpose``.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from __future__ import annotations
 import math
 
 import cv2
+import numba
 import numpy as np
 
 STRIP_SHAPE = (256, 1600)  # (H, W) of a Severstal image
 _PLAIN = b"0123456789 "
-_ALTERNATING = (np.arange(1 << 16) & 1).astype(np.uint8)  # 0, 1, 0, 1, ...: background/run values  # the characters of a canonical RLE string
+_ALTERNATING = (np.arange(1 << 16) & 1).astype(np.uint8)  # 0, 1, 0, 1, ...: background/run values
 
 
 class RLEError(ValueError):
@@ -117,6 +122,53 @@ def parse_runs(rle, shape=STRIP_SHAPE, where: str | None = None) -> tuple[np.nda
     return np.cumsum(counts)[0:-1:2], counts[1::2]
 
 
+@numba.njit(cache=True, nogil=True)
+def _decode_kernel(text: np.ndarray, out: np.ndarray) -> bool:
+    """Paint the runs of an ASCII RLE string (``text``, uint8 bytes) into
+    ``out`` (uint8 [H*W], column-major pixels), every pixel written once.
+
+    Returns False, leaving ``out`` partly written, at the first thing that is
+    not a well-formed RLE: a character other than a digit or whitespace, an odd
+    token count, start < 1, length < 1, a run past the end, an unsorted or
+    overlapping run. The caller then asks the numpy reference why.
+    """
+    n_pixels = out.size
+    painted = 0  # pixels 0 .. painted-1 are written
+    value = 0
+    in_token = is_length = False
+    start = 0
+    for i in range(text.size + 1):
+        char = text[i] if i < text.size else 32  # a trailing space ends the last token
+        if 48 <= char <= 57:
+            value = value * 10 + (char - 48)
+            if value > n_pixels + 1:  # out of range; also stops int64 overflow
+                return False
+            in_token = True
+        elif char == 32 or 9 <= char <= 13:  # whitespace, as str.split
+            if not in_token:
+                continue
+            if not is_length:
+                start = value - 1  # 0-indexed
+                if start < painted:  # start < 1, or unsorted / overlapping
+                    return False
+            else:
+                end = start + value
+                if value < 1 or end > n_pixels:
+                    return False
+                out[painted:start] = 0
+                out[start:end] = 1
+                painted = end
+            is_length = not is_length
+            in_token = False
+            value = 0
+        else:
+            return False
+    if is_length:  # odd number of tokens
+        return False
+    out[painted:] = 0
+    return True
+
+
 def rle_decode(rle, shape=STRIP_SHAPE, where: str | None = None) -> np.ndarray:
     """Decode an RLE string to a uint8 mask [H, W] with values in {0, 1}.
 
@@ -126,7 +178,12 @@ def rle_decode(rle, shape=STRIP_SHAPE, where: str | None = None) -> np.ndarray:
     ``out[c] = rle_decode(...)``) transposes on the way. ``shape`` is (H, W);
     ``where`` names the source for error messages.
     """
-    counts = _run_counts(rle, shape, where)
+    n_pixels = int(shape[0]) * int(shape[1])
+    if isinstance(rle, str) and rle.isascii():
+        column_major = np.empty(n_pixels, np.uint8)
+        if _decode_kernel(np.frombuffer(rle.encode("ascii"), np.uint8), column_major):
+            return column_major.reshape(int(shape[1]), int(shape[0])).T
+    counts = _run_counts(rle, shape, where)  # raises RLEError naming the problem, or decodes a non-ASCII edge case
     column_major = np.repeat(_ALTERNATING[: counts.size] if counts.size <= _ALTERNATING.size
                              else (np.arange(counts.size) & 1).astype(np.uint8), counts)
     return column_major.reshape(int(shape[1]), int(shape[0])).T
