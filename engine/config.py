@@ -92,6 +92,14 @@ class ModelConfig:
     detections_per_image: int = 100
     score_threshold: float = 0.05
     mask_threshold: float = 0.5
+    # proposal and RoI budgets (torchvision's defaults); on CPU the mask head's cost is set by
+    # box_batch_size_per_image (a quarter of it, at most, are positives that reach the mask head)
+    rpn_pre_nms_top_n_train: int = 2000  # per FPN level
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box and mask losses
+    mask_head_channels: int = 256  # width of the 4-conv mask head (torchvision: 256)
 
 
 @dataclass

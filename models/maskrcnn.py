@@ -17,12 +17,14 @@ from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from engine.config import Config, ConfigError, ModelConfig
 
 FPN_LEVELS = 5  # feature maps '0'..'3' and 'pool' of every backbone below
+MASK_HEAD_CHANNELS = 256  # torchvision's mask head width
 IMAGENET_WEIGHTS = {
     "resnet18": ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": ResNet50_Weights.IMAGENET1K_V1,  # torchvision's detection default
@@ -144,10 +146,21 @@ def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
         max_size=cfg.data.image_width,
         box_detections_per_img=m.detections_per_image,
         box_score_thresh=m.score_threshold,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=m.box_batch_size_per_image,
     )
     anchors = strip_anchor_generator(m)
     net.rpn.anchor_generator = anchors
     # Same conv depth as the builder chose (2 for v2), but one output per anchor of ours.
     conv_depth = len(net.rpn.head.conv)
     net.rpn.head = RPNHead(net.backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=conv_depth)
+    if m.mask_head_channels != MASK_HEAD_CHANNELS:
+        # A narrower mask head: its four 3x3 convs on every positive RoI dominate a CPU step.
+        norm = nn.BatchNorm2d if m.backbone == "resnet50_v2" else None
+        width = m.mask_head_channels
+        net.roi_heads.mask_head = MaskRCNNHeads(net.backbone.out_channels, [width] * 4, 1, norm_layer=norm)
+        net.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, m.num_classes + 1)
     return MaskRCNNModel(net, m.num_classes)

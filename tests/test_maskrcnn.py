@@ -30,10 +30,11 @@ def model() -> MaskRCNNModel:
     torch.manual_seed(0)
     cfg = maskrcnn_config()
     cfg.model.detections_per_image = 10
-    model = build_maskrcnn(cfg)
-    model.net.rpn._pre_nms_top_n = model.net.rpn._post_nms_top_n = {"training": 64, "testing": 32}
-    model.net.roi_heads.fg_bg_sampler.batch_size_per_image = 32
-    return model
+    m = cfg.model
+    m.rpn_pre_nms_top_n_train = m.rpn_post_nms_top_n_train = 64
+    m.rpn_pre_nms_top_n_test = m.rpn_post_nms_top_n_test = 32
+    m.box_batch_size_per_image = 32
+    return build_maskrcnn(cfg)
 
 
 def instance_target(rects, height=256, width=256) -> dict:
@@ -91,6 +92,35 @@ def test_config_reaches_the_detector():
     cfg.model.detections_per_image, cfg.model.score_threshold = 37, 0.2
     net = build_maskrcnn(cfg).net
     assert (net.roi_heads.detections_per_img, net.roi_heads.score_thresh) == (37, 0.2)
+
+
+def test_proposal_and_roi_budgets_reach_the_detector():
+    cfg = maskrcnn_config()
+    m = cfg.model
+    m.rpn_pre_nms_top_n_train, m.rpn_post_nms_top_n_train, m.rpn_pre_nms_top_n_test, m.rpn_post_nms_top_n_test = 300, 200, 150, 100
+    m.box_batch_size_per_image = 64
+    net = build_maskrcnn(cfg).net
+    assert net.rpn._pre_nms_top_n == {"training": 300, "testing": 150}
+    assert net.rpn._post_nms_top_n == {"training": 200, "testing": 100}
+    assert net.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+
+
+@pytest.mark.parametrize("backbone, batch_norm", [("resnet18", False), ("resnet50_v2", True)])
+def test_narrow_mask_head_keeps_the_architecture_and_trains(backbone, batch_norm):
+    cfg = maskrcnn_config(backbone)
+    cfg.model.mask_head_channels = 64
+    m = cfg.model
+    m.rpn_pre_nms_top_n_train = m.rpn_post_nms_top_n_train = 64
+    m.box_batch_size_per_image = 32
+    torch.manual_seed(0)
+    model = build_maskrcnn(cfg)
+    convs = [layer for layer in model.net.roi_heads.mask_head.modules() if isinstance(layer, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64] * 4 and convs[0].in_channels == 256
+    assert any(isinstance(layer, torch.nn.BatchNorm2d) for layer in model.net.roi_heads.mask_head.modules()) == batch_norm
+    assert model.net.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 5
+    if backbone == "resnet18":  # a training step through the new head (resnet50 on CPU is slow)
+        losses = train_step(model, torch.rand(1, 3, 256, 256), [instance_target([(2, 10, 200, 30, 40)])])
+        assert set(losses) == TORCHVISION_LOSSES and all(torch.isfinite(v) for v in losses.values())
 
 
 def test_registry_builds_it_with_its_target_kind_and_encoder():
