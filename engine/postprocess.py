@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 
 from datasets.severstal import CLASS_IDS, NUM_CLASSES, atomic_write_text
 
@@ -164,9 +165,9 @@ def tune(samples: Iterable[tuple], thresholds: Sequence[float] = THRESHOLDS,
     or ``(probs, truth, class_probs [4])`` per image (validation or
     out-of-fold); a generator is fine, nothing is kept per image. Gates are
     searched only if every sample has class probabilities. ``base`` (default
-    PostProcess()) gives the "before" score. Ties go to the earliest grid
-    point (lowest threshold, smallest areas, lowest gate); the chosen score
-    is >= the base score when the base settings are on the grid.
+    PostProcess()) gives the "before" score. Ties go to the middle of the
+    plateau, see :func:`_plateau_argmax`; the chosen score is >= the base
+    score when the base settings are on the grid.
     """
     base = base or PostProcess()
     grid = [np.asarray(thresholds, np.float32), np.asarray(min_component_areas), np.asarray(min_total_areas)]
@@ -239,11 +240,31 @@ def _component_counts(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     return areas.astype(np.int64), inters.astype(np.int64)
 
 
+def _plateau_argmax(scores: np.ndarray) -> tuple[int, ...]:
+    """The index of the maximum of ``scores`` (a grid of any rank); among tied
+    maxima, the one whose 3x3x... neighbourhood has the highest mean score,
+    then the earliest. Beyond the grid's edges counts as the worst score: the
+    plateau may end right there.
+
+    Ties are the rule for a rare class: with two positive images in a fold,
+    dozens of settings score the same. The earliest of them (lowest
+    threshold, smallest areas) sits on the plateau's edge, one grid step from
+    letting a false positive through on new images; its interior is the
+    setting that the validation images support with a margin on every side.
+    """
+    best = scores.max()
+    tied = np.argwhere(scores >= best - 1e-12)
+    if len(tied) == 1:
+        return tuple(tied[0])
+    smoothed = ndimage.uniform_filter(scores.astype(np.float64), size=3, mode="constant", cval=float(scores.min()))
+    return tuple(tied[np.argmax(smoothed[tuple(tied.T)])])
+
+
 def _best(mean_dice: np.ndarray, grids: list[np.ndarray], before: np.ndarray) -> TuneResult:
     """The argmax per class of ``mean_dice`` [4, T, M, A, G] as a TuneResult."""
     chosen, best = [], []
     for c in range(NUM_CLASSES):
-        index = np.unravel_index(np.argmax(mean_dice[c]), mean_dice[c].shape)
+        index = _plateau_argmax(mean_dice[c])
         chosen.append([g[i].item() for g, i in zip(grids, index)])
         best.append(float(mean_dice[c][index]))
     threshold, comp, total, gate = (list(v) for v in zip(*chosen))

@@ -12,7 +12,7 @@ from datasets.rle import rle_encode
 from datasets.severstal import write_mask_csv
 from engine.config import PostprocessConfig
 from engine.metrics import dice_from_counts, kaggle_score, pair_counts
-from engine.postprocess import PostProcess, load_probs, save_probs, tune
+from engine.postprocess import PostProcess, _plateau_argmax, load_probs, save_probs, tune
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 32, 64
@@ -189,3 +189,20 @@ def test_multiply_class_probs_scales_before_threshold():
     assert masks.reshape(4, -1).any(1).tolist() == [True, False, True, False]  # 0.8, 0.4, 0.56, 0.48 vs 0.5
     with pytest.raises(ValueError, match="class probabilities"):
         post(probs)
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([0.2, 0.9, 0.4], (1,)),  # a single maximum
+    ([0.5, 1.0, 1.0, 1.0, 1.0, 0.5], (2,)),  # a plateau: not its edge (1), its interior
+    ([1.0, 1.0, 1.0, 0.2], (1,)),  # beyond the grid counts as the worst score
+])
+def test_plateau_argmax_picks_the_interior_of_ties(scores, expected):
+    assert _plateau_argmax(np.array(scores)) == expected
+
+
+def test_plateau_argmax_in_two_dimensions():
+    scores = np.zeros((5, 6))
+    scores[1:4, 0:3] = 1.0  # tied maxima: rows 1..3, columns 0..2 (column 0 on the grid's edge)
+    assert _plateau_argmax(scores) == (2, 1)  # the only tie whose 3x3 neighbourhood is all ties
+    scores[2, 1] = 1.0 - 1e-6  # no longer a maximum
+    assert scores[_plateau_argmax(scores)] == 1.0
