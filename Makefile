@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_rle.py
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_predict.py
+	$(PY) scripts/bench_maskrcnn.py
 
 clean:
 	rm -rf $(RUN) $(PRED) $(DATA)

@@ -100,6 +100,7 @@ class ModelConfig:
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512  # RoIs sampled per image for the box and mask losses
     mask_head_channels: int = 256  # width of the 4-conv mask head (torchvision: 256)
+    fpn_channels: int = 256  # FPN width, which the RPN, box and mask heads inherit (torchvision: 256)
 
 
 @dataclass

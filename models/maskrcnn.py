@@ -3,7 +3,7 @@
 Training returns torchvision's five losses; eval turns the detections into the
 same per-class probability maps the U-Net gives, so tiling, thresholds and the
 metric are shared. Anchors are configurable for long thin scratches and small
-pits, and the image transform keeps 256-high tiles and strips at their native
+pits, and the image transform keeps crops, tiles and strips at their native
 resolution.
 """
 
@@ -19,12 +19,15 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from engine.config import Config, ConfigError, ModelConfig
 
 FPN_LEVELS = 5  # feature maps '0'..'3' and 'pool' of every backbone below
 MASK_HEAD_CHANNELS = 256  # torchvision's mask head width
+FPN_CHANNELS = 256  # torchvision's FPN width
 IMAGENET_WEIGHTS = {
     "resnet18": ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": ResNet50_Weights.IMAGENET1K_V1,  # torchvision's detection default
@@ -69,6 +72,18 @@ class MaskRCNNModel(nn.Module):
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         """The ResNet body's parameters (not the FPN), for a separate encoder learning rate."""
         return self.net.backbone.body.parameters()
+
+
+class NativeResolution(GeneralizedRCNNTransform):
+    """torchvision's detection transform (normalise, pad the batch to a
+    multiple of 32, map detections back) without its resize. That resize
+    scales the short side up to ``min_size``: with min_size 256 a 256x128
+    training crop became 512x256, so the model trained at twice the scale it
+    then saw in 256x256 tiles and whole strips. Defects are measured in
+    pixels here; every image keeps its size, in training and in eval."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        return image, target
 
 
 def _torchvision_target(target: dict) -> dict[str, Tensor]:
@@ -117,24 +132,32 @@ def _torchvision_maskrcnn(m: ModelConfig, **kwargs) -> MaskRCNN:
     trained from scratch keeps all layers and BatchNorm trainable."""
     weights = _backbone_weights(m)
     trainable = m.trainable_backbone_layers if weights is not None else None
-    if m.backbone == "resnet50":
+    if m.fpn_channels != FPN_CHANNELS and m.backbone == "resnet50_v2":
+        raise ConfigError(f"model.fpn_channels must be {FPN_CHANNELS} for resnet50_v2 (its heads are fixed); "
+                          f"got {m.fpn_channels}")
+    standard = m.fpn_channels == FPN_CHANNELS
+    if m.backbone == "resnet50" and standard:
         return maskrcnn_resnet50_fpn(weights=None, weights_backbone=weights, trainable_backbone_layers=trainable, **kwargs)
     if m.backbone == "resnet50_v2":
         return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=weights, trainable_backbone_layers=trainable, **kwargs)
-    backbone = resnet_fpn_backbone(
+    backbone = resnet_fpn_backbone(  # resnet18, or resnet50 with a narrower FPN: the same body and heads
         backbone_name=m.backbone,
         weights=weights,
         norm_layer=FrozenBatchNorm2d if weights is not None else nn.BatchNorm2d,
         trainable_layers=5 if trainable is None else trainable,
     )
+    if not standard:  # the FPN's 3x3 convs at stride 4, and the RPN's after them, cost more than a resnet18 body
+        in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]
+        backbone.fpn = FeaturePyramidNetwork(in_channels, m.fpn_channels, extra_blocks=LastLevelMaxPool())
+        backbone.out_channels = m.fpn_channels
     return MaskRCNN(backbone, **kwargs)
 
 
 def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
     """Mask R-CNN for ``cfg.model.num_classes`` defect classes (+ background).
 
-    ``min_size`` / ``max_size`` are the configured strip height and width, so
-    256-high tiles and whole 256x1600 strips are not rescaled.
+    Images are never rescaled (:class:`NativeResolution`): crops, tiles and
+    whole 256x1600 strips are seen at the same scale.
     """
     m = cfg.model
     if m.backbone not in IMAGENET_WEIGHTS:
@@ -152,6 +175,8 @@ def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
         rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
         box_batch_size_per_image=m.box_batch_size_per_image,
     )
+    t = net.transform
+    net.transform = NativeResolution(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size)
     anchors = strip_anchor_generator(m)
     net.rpn.anchor_generator = anchors
     # Same conv depth as the builder chose (2 for v2), but one output per anchor of ours.

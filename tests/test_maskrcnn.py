@@ -63,11 +63,17 @@ def train_step(model, images, targets) -> dict:
     return losses
 
 
-@pytest.mark.parametrize("height, width", [(256, 256), (256, 512), (256, 1600)])
-def test_transform_keeps_native_resolution(model, height, width):
-    image_list, _ = model.net.transform([torch.rand(3, height, width)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("height, width", [(256, 256), (256, 512), (256, 1600), (256, 128), (128, 96)])
+def test_transform_keeps_native_resolution(model, height, width, training):
+    """No rescaling in training or eval, crops narrower than tall included
+    (torchvision's resize made a 256x128 crop 512x256); only padding to 32."""
+    model.net.transform.train(training)
+    target = instance_target([(3, 10, 60, 5, 90)], height, width)
+    image_list, targets = model.net.transform([torch.rand(3, height, width)], [target])
     assert image_list.image_sizes == [(height, width)]
-    assert tuple(image_list.tensors.shape[-2:]) == (height, width)
+    assert tuple(image_list.tensors.shape[-2:]) == (-(-height // 32) * 32, -(-width // 32) * 32)
+    assert targets[0]["boxes"].tolist() == [[5.0, 10.0, 90.0, 60.0]]
 
 
 @pytest.mark.parametrize("backbone, conv_depth", [("resnet18", 1), ("resnet50", 1), ("resnet50_v2", 2)])
@@ -121,6 +127,27 @@ def test_narrow_mask_head_keeps_the_architecture_and_trains(backbone, batch_norm
     if backbone == "resnet18":  # a training step through the new head (resnet50 on CPU is slow)
         losses = train_step(model, torch.rand(1, 3, 256, 256), [instance_target([(2, 10, 200, 30, 40)])])
         assert set(losses) == TORCHVISION_LOSSES and all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_narrow_fpn_reaches_every_head(backbone):
+    cfg = maskrcnn_config(backbone)
+    cfg.model.fpn_channels = 64
+    net = build_maskrcnn(cfg).net
+    assert net.backbone.out_channels == 64
+    assert {b[0].out_channels for b in net.backbone.fpn.layer_blocks} == {64}
+    assert net.rpn.head.conv[0][0].in_channels == 64
+    assert net.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    assert next(iter(net.roi_heads.mask_head.modules()))[0][0].in_channels == 64
+    body = dict(net.backbone.body.named_children())
+    assert ("layer4" in body) and body["layer4"][0].conv1.in_channels == (256 if backbone == "resnet18" else 1024)
+
+
+def test_narrow_fpn_is_refused_for_resnet50_v2():
+    cfg = maskrcnn_config("resnet50_v2")
+    cfg.model.fpn_channels = 128
+    with pytest.raises(ConfigError, match="model.fpn_channels must be 256 for resnet50_v2"):
+        build_maskrcnn(cfg)
 
 
 def test_registry_builds_it_with_its_target_kind_and_encoder():

@@ -1,0 +1,89 @@
+"""Mask R-CNN training step on CPU: torchvision's budgets against the demo's, side by side.
+
+    python scripts/bench_maskrcnn.py [--config configs/maskrcnn_demo_cpu.yaml] [--steps 8]
+
+Times forward + backward + optimiser step (bf16 autocast, this process's
+torch threads) on the same training crops for three settings of the same
+ResNet-18-FPN: torchvision's defaults on 256x256 crops; the config's proposal,
+RoI, mask-head and FPN budgets on 256x256 crops; the config as it is (its
+crop size too). Each model takes 2 untimed steps first; the crops are the
+config's training data (synthetic when data.root is missing). Prints seconds
+per step and per crop, and the ratios against the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from datasets.synthetic import make_dataset  # noqa: E402
+from engine.config import ModelConfig, load_config  # noqa: E402
+from engine.data import build_train_dataset, load_run_data  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
+from engine.runtime import autocast_for  # noqa: E402
+from models import build_model  # noqa: E402
+
+BUDGETS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+           "rpn_post_nms_top_n_test", "box_batch_size_per_image", "mask_head_channels", "fpn_channels")
+
+
+def torchvision_budgets() -> list[str]:
+    """Overrides that put every budget back to torchvision's default."""
+    defaults = ModelConfig()
+    return [f"--model.{key}={getattr(defaults, key)}" for key in BUDGETS]
+
+
+def seconds_per_step(cfg, batches, warmup: int = 2) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = build_optimizer(model, cfg.optim)
+    autocast = autocast_for("bf16", torch.device("cpu"))
+    times = []
+    for images, targets in batches:
+        started = time.perf_counter()
+        with autocast():
+            loss = sum(model(images, targets).values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return sum(times[warmup:]) / len(times[warmup:])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/maskrcnn_demo_cpu.yaml")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per setting (after 2 untimed)")
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(args.config, overrides)
+    if not Path(cfg.data.root).is_dir():
+        make_dataset(cfg.data.root, n_train=64, n_test=0, seed=0, progress=False)
+    data = load_run_data(cfg)
+    settings = {
+        "torchvision defaults, 256x256 crops": torchvision_budgets() + ["--data.crop_width=256"],
+        "config budgets, 256x256 crops": ["--data.crop_width=256"],
+        f"config as is ({cfg.data.crop_height}x{cfg.data.crop_width} crops)": [],
+    }
+    print(f"{args.config}: {cfg.model.backbone}-FPN, batch {cfg.data.batch_size}, bf16, "
+          f"{torch.get_num_threads()} torch threads, {args.steps} timed steps each")
+    print(f"{'setting':<44}{'s/step':>8}{'s/crop':>8}{'speed-up':>10}")
+    reference = None
+    for name, extra in settings.items():
+        run_cfg = load_config(args.config, [*overrides, *extra])
+        dataset = build_train_dataset(run_cfg, data, "instance")
+        n = run_cfg.data.batch_size
+        batches = [dataset.collate_fn([dataset[(k * n + i) % len(dataset)] for i in range(n)])
+                   for k in range(args.steps + 2)]
+        step = seconds_per_step(run_cfg, batches)
+        reference = reference or step
+        print(f"{name:<44}{step:>8.2f}{step / n:>8.2f}{reference / step:>9.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
