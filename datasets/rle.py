@@ -8,10 +8,10 @@ mask.
 
 Neither direction has a per-run Python loop. Decoding a well-formed string
 is one pass of a small compiled kernel (``_decode_kernel``, numba) that parses,
-validates and paints in a single sweep over the characters and the pixels:
-about 4x fewer passes than the numpy route (parse with ``np.fromstring``,
-bounds arithmetic, ``np.repeat``), which stays as the reference that explains
-what is wrong with a string the kernel rejects, and as what ``parse_runs`` and
+validates and paints in a single sweep over the characters and the pixels,
+about 4x faster than the numpy route (``np.fromstring`` parse, bounds
+arithmetic, ``np.repeat``; scripts/bench_rle.py), which stays to explain
+what is wrong with a string the kernel rejects and is what ``parse_runs`` and
 ``rle_area`` use. Decoding returns the [H, W] mask as a view in column-major
 memory order (no transpose copy, like the notebook loop decoders). Encoding is
 vectorised numpy with one ``cv2.transpose``.

@@ -311,6 +311,9 @@ def validate(cfg: Config) -> None:
         (0 < cfg.predict.stride <= cfg.predict.tile, "predict.stride", "must be in 1..predict.tile"),
         (0.0 <= cfg.train.ema < 1.0, "train.ema", "must be in [0, 1)"),
     ]
+    for name in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                 "rpn_post_nms_top_n_test", "box_batch_size_per_image", "mask_head_channels", "fpn_channels"):
+        checks.append((getattr(cfg.model, name) >= 1, f"model.{name}", "must be >= 1"))
     for name in ("threshold", "min_component_area", "min_total_area", "gate"):
         checks.append((len(getattr(cfg.postprocess, name)) == 4, f"postprocess.{name}", "needs 4 values, one per class"))
     checks.append((len(cfg.loss.pos_weight) == 4, "loss.pos_weight", "needs 4 values, one per class"))

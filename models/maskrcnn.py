@@ -165,8 +165,6 @@ def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
     net = _torchvision_maskrcnn(
         m,
         num_classes=m.num_classes + 1,
-        min_size=cfg.data.image_height,
-        max_size=cfg.data.image_width,
         box_detections_per_img=m.detections_per_image,
         box_score_thresh=m.score_threshold,
         rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
@@ -175,7 +173,7 @@ def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
         rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
         box_batch_size_per_image=m.box_batch_size_per_image,
     )
-    t = net.transform
+    t = net.transform  # min_size / max_size are only read by the resize NativeResolution drops
     net.transform = NativeResolution(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size)
     anchors = strip_anchor_generator(m)
     net.rpn.anchor_generator = anchors

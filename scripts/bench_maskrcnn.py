@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from datasets.synthetic import make_dataset  # noqa: E402
-from engine.config import ModelConfig, load_config  # noqa: E402
+from engine.config import ConfigError, ModelConfig, load_config  # noqa: E402
 from engine.data import build_train_dataset, load_run_data  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runtime import autocast_for  # noqa: E402
@@ -61,7 +61,10 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="configs/maskrcnn_demo_cpu.yaml")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per setting (after 2 untimed)")
     args, overrides = parser.parse_known_args(argv)
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        raise SystemExit(f"bench_maskrcnn.py: {err}") from None
     if not Path(cfg.data.root).is_dir():
         make_dataset(cfg.data.root, n_train=64, n_test=0, seed=0, progress=False)
     data = load_run_data(cfg)
