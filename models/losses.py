@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,8 +19,6 @@ from torch import Tensor
 from engine.config import ConfigError, LossConfig
 
 SegLoss = Callable[[Tensor, Tensor], dict[str, Tensor]]
-
-DICE_SMOOTH = 1.0  # keeps an empty class predicted empty at Dice 1 (loss 0), as the metric scores it
 
 
 def bce_loss(logits: Tensor, masks: Tensor, pos_weight: list[float] | None = None) -> Tensor:
@@ -31,13 +30,21 @@ def bce_loss(logits: Tensor, masks: Tensor, pos_weight: list[float] | None = Non
     return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=weight)
 
 
-def dice_loss(logits: Tensor, masks: Tensor, smooth: float = DICE_SMOOTH) -> Tensor:
-    """1 - soft Dice, computed per (image, class) and then averaged, like the metric."""
-    probs = torch.sigmoid(logits)
-    intersection = (probs * masks).sum(dim=(2, 3))
-    total = probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3))
-    dice = (2 * intersection + smooth) / (total + smooth)
-    return 1 - dice.mean()
+_DICE = smp.losses.DiceLoss(smp.losses.MULTILABEL_MODE, from_logits=True)
+
+
+def dice_loss(logits: Tensor, masks: Tensor) -> Tensor:
+    """1 - soft Dice per class over the whole batch, averaged over classes; a
+    class with no positive pixel in the batch adds 0 (smp's multilabel DiceLoss).
+
+    Not the metric's per-(image, class) Dice: on an empty map that one is
+    smooth / (sum of probabilities + smooth), which a probability of 1e-3 over
+    a 256x256 crop (sum 65) already drives near 0, with a nearly flat
+    gradient. Most maps of a crop are empty, so that loss hardly moves: in
+    the demo it went from 0.967 to 0.916 in 10 epochs; this one from 0.534 to
+    0.284. Empty maps are left to BCE; Dice sharpens the classes present.
+    """
+    return _DICE(logits, masks)
 
 
 def focal_loss(logits: Tensor, masks: Tensor, gamma: float = 2.0) -> Tensor:

@@ -35,19 +35,34 @@ def test_bce_pos_weight_scales_positive_pixels_of_its_class_only():
     assert extra.item() == pytest.approx((2 * positive_class0 / per_pixel.numel()).item(), rel=1e-5)
 
 
-def test_dice_perfect_prediction_is_zero_and_empty_class_counts_as_perfect():
+def test_dice_perfect_prediction_is_zero_and_absent_classes_add_nothing():
     masks = torch.zeros(2, 4, 16, 16)
     masks[0, 1, 4:8, 4:12] = 1
     assert dice_loss(perfect_logits(masks), masks).item() == pytest.approx(0.0, abs=1e-4)
+    # classes 0, 2, 3 have no positive pixel: even confident false positives there add 0 (BCE's job)
+    logits = perfect_logits(masks)
+    logits[:, [0, 2, 3]] = 20.0
+    assert dice_loss(logits, masks).item() == pytest.approx(0.0, abs=1e-4)
 
 
-def test_dice_hand_case_is_per_image_and_class():
-    masks = torch.zeros(1, 4, 2, 2)
-    masks[0, 0, 0, :] = 1  # 2 pixels; the prediction hits 1 of them and nothing else
+def test_dice_hand_case_is_per_class_over_the_batch():
+    """Class 0 has 2 true pixels, in image 0; the prediction hits 1 of them and
+    has 1 false positive in image 1: Dice over the batch 2*1 / (2 + 2)."""
+    masks = torch.zeros(2, 4, 2, 2)
+    masks[0, 0, 0, :] = 1
     logits = torch.full_like(masks, -30.0)
     logits[0, 0, 0, 0] = 30.0
-    expected_class0 = 1 - (2 * 1 + 1) / (1 + 2 + 1)  # smooth 1; classes 1..3 are empty: loss 0
-    assert dice_loss(logits, masks).item() == pytest.approx(expected_class0 / 4, abs=1e-5)
+    logits[1, 0, 1, 1] = 30.0
+    assert dice_loss(logits, masks).item() == pytest.approx((1 - 2 * 1 / (2 + 2)) / 4, abs=1e-5)
+
+
+def test_dice_matches_a_direct_computation():
+    logits, masks = random_case()
+    masks[:, 3] = 0  # one class absent from the batch
+    probs = torch.sigmoid(logits)
+    dice = 2 * (probs * masks).sum(dim=(0, 2, 3)) / (probs.sum(dim=(0, 2, 3)) + masks.sum(dim=(0, 2, 3)))
+    expected = ((1 - dice) * (masks.sum(dim=(0, 2, 3)) > 0)).mean()
+    assert dice_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_focal_with_gamma_zero_is_bce_and_gamma_down_weights_easy_pixels():
