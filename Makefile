@@ -30,7 +30,7 @@ test-all: $(STAMP)
 # on its validation images -> predict the held-out test strips -> score -> pictures.
 # Every step is resumable: rerunning skips what is already done.
 demo: $(STAMP)
-	$(PY) scripts/make_synthetic.py --out $(DATA) --train 400 --test 100 --seed 0
+	$(PY) scripts/make_synthetic.py --out $(DATA) --train 800 --test 100 --seed 0
 	@echo "== the scorer on the truth itself (must be 1.0) and the all-empty baseline =="
 	$(PY) scripts/evaluate.py --pred $(DATA)/test_truth.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
 	$(PY) scripts/cv.py --config configs/demo_cpu.yaml --out $(RUN) --folds 0 --data.root=$(DATA)

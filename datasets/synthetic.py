@@ -411,8 +411,9 @@ def _complete_summary(out: Path, params: dict) -> dict | None:
 def _prepare_dir(out: Path, params: dict) -> None:
     """Make ``out`` ready for a fresh dataset: remove the images of an earlier
     synthetic dataset (the image folder is the list of samples, so stale ones
-    would join it) and mark the dataset incomplete until it is finished. A
-    folder that holds images and no marker is not ours: refuse to touch it."""
+    would join it) and the K-fold split files that list them, and mark the
+    dataset incomplete until it is finished. A folder that holds images and
+    no marker is not ours: refuse to touch it."""
     marker = out / MARKER
     for folder in ("train_images", "test_images"):
         path = out / folder
@@ -424,6 +425,9 @@ def _prepare_dir(out: Path, params: dict) -> None:
         path.mkdir(parents=True, exist_ok=True)
         for old in path.glob("*.jpg"):
             old.unlink()
+    if marker.exists():  # K-fold splits of the old images (engine.data.split_path)
+        for split_file in out.glob("folds_k*_s*.csv"):
+            split_file.unlink()
     atomic_write_text(marker, json.dumps({**params, "complete": False}, indent=2) + "\n")
 
 

@@ -1,6 +1,6 @@
 """Write the synthetic Severstal-like dataset (the project's embedded default).
 
-    python scripts/make_synthetic.py --out data/synthetic --train 400 --test 100 --seed 0
+    python scripts/make_synthetic.py --out data/synthetic --train 800 --test 100 --seed 0
 
 Writes, in the Kaggle layout: train.csv (ImageId,ClassId,EncodedPixels),
 train_images/, test_images/, sample_submission.csv, plus test_truth.csv (the
@@ -29,7 +29,7 @@ def non_negative(text: str) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    parser.add_argument("--train", type=non_negative, default=400, help="training images (default 400)")
+    parser.add_argument("--train", type=non_negative, default=800, help="training images (default 800)")
     parser.add_argument("--test", type=non_negative, default=100, help="test images (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=default_workers(),
