@@ -16,6 +16,13 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from .severstal import CLASS_IDS, Annotations, atomic_write_text
 
+SPLIT_FILE_GLOB = "folds_k*_s*.csv"  # every name split_file_name gives
+
+
+def split_file_name(k: int, seed: int) -> str:
+    """The default split file's name, kept next to the data it splits."""
+    return f"folds_k{k}_s{seed}.csv"
+
 
 class SplitError(ValueError):
     """A split file that does not match the images or the number of folds."""

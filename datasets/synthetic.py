@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .rle import STRIP_SHAPE, rle_encode
 from .severstal import CLASS_IDS, NUM_CLASSES, atomic_write_text, list_images, write_mask_csv
+from .splits import SPLIT_FILE_GLOB
 
 GENERATOR_VERSION = 2  # bump whenever the images or masks a seed gives change
 HEIGHT, WIDTH = STRIP_SHAPE
@@ -425,8 +426,8 @@ def _prepare_dir(out: Path, params: dict) -> None:
         path.mkdir(parents=True, exist_ok=True)
         for old in path.glob("*.jpg"):
             old.unlink()
-    if marker.exists():  # K-fold splits of the old images (engine.data.split_path)
-        for split_file in out.glob("folds_k*_s*.csv"):
+    if marker.exists():  # K-fold splits of the old images
+        for split_file in out.glob(SPLIT_FILE_GLOB):
             split_file.unlink()
     atomic_write_text(marker, json.dumps({**params, "complete": False}, indent=2) + "\n")
 

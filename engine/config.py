@@ -103,6 +103,11 @@ class ModelConfig:
     fpn_channels: int = 256  # FPN width, which the RPN, box and mask heads inherit (torchvision: 256)
 
 
+# ModelConfig's proposal, RoI and width budgets: validated >= 1; scripts/bench_maskrcnn.py resets them
+MASKRCNN_BUDGETS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                    "rpn_post_nms_top_n_test", "box_batch_size_per_image", "mask_head_channels", "fpn_channels")
+
+
 @dataclass
 class LossConfig:
     """A weighted sum; a weight of 0 leaves that term out."""
@@ -311,8 +316,7 @@ def validate(cfg: Config) -> None:
         (0 < cfg.predict.stride <= cfg.predict.tile, "predict.stride", "must be in 1..predict.tile"),
         (0.0 <= cfg.train.ema < 1.0, "train.ema", "must be in [0, 1)"),
     ]
-    for name in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-                 "rpn_post_nms_top_n_test", "box_batch_size_per_image", "mask_head_channels", "fpn_channels"):
+    for name in MASKRCNN_BUDGETS:
         checks.append((getattr(cfg.model, name) >= 1, f"model.{name}", "must be >= 1"))
     for name in ("threshold", "min_component_area", "min_total_area", "gate"):
         checks.append((len(getattr(cfg.postprocess, name)) == 4, f"postprocess.{name}", "needs 4 values, one per class"))

@@ -22,7 +22,7 @@ from datasets.augment import build_train_transform
 from datasets.instance import SeverstalInstances
 from datasets.semantic import SeverstalSegmentation
 from datasets.severstal import AnnotationError, Annotations
-from datasets.splits import fold_image_ids, load_or_make_folds
+from datasets.splits import fold_image_ids, load_or_make_folds, split_file_name
 
 from .config import Config, ConfigError
 from .distributed import DistInfo
@@ -89,7 +89,7 @@ def split_path(cfg: Config) -> Path:
     folder is read-only (e.g. a Kaggle input mount)."""
     if cfg.data.split_file:
         return Path(cfg.data.split_file)
-    name = f"folds_k{cfg.data.folds}_s{cfg.data.split_seed}.csv"
+    name = split_file_name(cfg.data.folds, cfg.data.split_seed)
     root = Path(cfg.data.root)
     return root / name if os.access(root, os.W_OK) else Path(cfg.output_dir) / name
 

@@ -23,20 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from datasets.synthetic import make_dataset  # noqa: E402
-from engine.config import ConfigError, ModelConfig, load_config  # noqa: E402
+from engine.config import MASKRCNN_BUDGETS, ConfigError, ModelConfig, load_config  # noqa: E402
 from engine.data import build_train_dataset, load_run_data  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runtime import autocast_for  # noqa: E402
 from models import build_model  # noqa: E402
 
-BUDGETS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-           "rpn_post_nms_top_n_test", "box_batch_size_per_image", "mask_head_channels", "fpn_channels")
-
 
 def torchvision_budgets() -> list[str]:
     """Overrides that put every budget back to torchvision's default."""
     defaults = ModelConfig()
-    return [f"--model.{key}={getattr(defaults, key)}" for key in BUDGETS]
+    return [f"--model.{key}={getattr(defaults, key)}" for key in MASKRCNN_BUDGETS]
 
 
 def seconds_per_step(cfg, batches, warmup: int = 2) -> float:

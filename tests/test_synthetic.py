@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from datasets.severstal import RERELEASED, Annotations, list_images, read_mask_table
+from datasets.splits import split_file_name
 from datasets.synthetic import (
     ALL_CLASSES_FROM,
     MARKER,
@@ -104,11 +105,11 @@ def test_reuses_a_finished_dataset_and_replaces_a_different_one(tmp_path):
     again = make_dataset(out, 4, 2, SEED, workers=1, progress=False)
     assert again["skipped"] and (out / "train.csv").stat().st_mtime_ns == stamp
     assert not make_dataset(out, 4, 2, SEED, workers=1, progress=False, force=True)["skipped"]
-    (out / "folds_k5_s42.csv").write_text("ImageId,fold\n")  # a split of the old images
+    (out / split_file_name(5, 42)).write_text("ImageId,fold\n")  # a split of the old images
     make_dataset(out, 3, 1, SEED + 1, workers=1, progress=False)  # stale images and splits must go
     assert list_images(out / "train_images") == sorted(image_names(4, SEED + 1)[:3])
     assert len(list_images(out / "test_images")) == 1
-    assert not (out / "folds_k5_s42.csv").exists()
+    assert not (out / split_file_name(5, 42)).exists()
 
 
 def test_refuses_a_folder_it_did_not_write(tmp_path):
