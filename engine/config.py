@@ -83,6 +83,8 @@ class ModelConfig:
     encoder_weights: Optional[str] = None  # "imagenet" needs internet; None never downloads
     num_classes: int = 4
     classification_head: bool = False  # image-level class logits from the encoder (gates masks)
+    cls_pooling: Literal["avg", "max"] = "avg"  # the head's pooling (smp's default). max reads a crop and a
+                                                # whole strip alike, but scored lower out of fold (README)
     init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
     # Mask R-CNN
     backbone: str = "resnet50"  # resnet50 | resnet50_v2 | resnet18

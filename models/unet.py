@@ -97,7 +97,9 @@ def build_unet(cfg: Config) -> SegmentationModel:
     m = cfg.model
     if m.classification_head and cfg.loss.cls <= 0:
         raise ConfigError("model.classification_head needs loss.cls > 0 (the weight of its BCE)")
-    aux_params = dict(classes=m.num_classes, dropout=CLS_HEAD_DROPOUT) if m.classification_head else None
+    aux_params = None
+    if m.classification_head:
+        aux_params = dict(classes=m.num_classes, pooling=m.cls_pooling, dropout=CLS_HEAD_DROPOUT)
     net = smp.create_model(
         arch=m.arch,
         encoder_name=m.encoder,

@@ -1,12 +1,14 @@
 """Training throughput of a config on this machine, measured side by side.
 
-    python scripts/bench_train.py [--config configs/demo_cpu.yaml] [--steps 12] [--section.key=value ...]
+    python scripts/bench_train.py [--config configs/demo_cpu.yaml] [--steps 12] [--archs FPN,Unet]
+                                  [--section.key=value ...]
 
 Prints training images/s in float32 and in bfloat16 autocast (forward,
 backward and optimiser step on a fixed batch, so loading is excluded), and
 data-loader samples/s of one worker alone (JPEG decode + crop +
 augmentation, in this process). The target: one loader worker delivers at
-least 4x what one training process consumes.
+least 4x what one training process consumes. ``--archs`` also times the
+config with each of those smp architectures in bf16, in the same run.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="configs/demo_cpu.yaml")
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per precision")
     parser.add_argument("--samples", type=int, default=60, help="timed loader samples")
+    parser.add_argument("--archs", default="", help="comma-separated smp architectures to time in bf16 too")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.config, overrides)
     if not Path(cfg.data.root).is_dir():
@@ -90,6 +93,9 @@ def main(argv=None) -> None:
     ratio = loader / consumer
     verdict = "meets" if ratio >= 4 else "misses"
     print(f"{'one worker / fastest training':<38}{ratio:>10.2f}x  ({verdict} the 4x target)")
+    for arch in filter(None, args.archs.split(",")):
+        rate = train_rate(load_config(args.config, [*overrides, f"--model.arch={arch}"]), batch, "bf16", args.steps)
+        print(f"{'train images/s, bf16, ' + arch:<38}{rate:>10.2f}  ({cfg.model.arch} / {arch}: {bf16 / rate:.2f}x)")
 
 
 if __name__ == "__main__":

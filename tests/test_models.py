@@ -115,6 +115,22 @@ def test_classification_head_adds_loss_cls_and_class_probs():
     assert 0 <= class_probs.min() and class_probs.max() <= 1
 
 
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_classification_head_pools_as_configured(pooling):
+    """model.cls_pooling: max scores a feature map by its strongest cell, avg
+    (the default) by its mean."""
+    cfg = unet_config(classification_head=True)
+    cfg.loss.cls, cfg.model.cls_pooling = 0.5, pooling
+    model = build_unet(cfg).eval()
+    features = torch.zeros(1, 512, 2, 50)
+    features[0, :, 1, 7] = torch.linspace(-1, 2, 512)  # one hot cell in a wide, quiet map
+    pooled = features.amax((2, 3)) if pooling == "max" else features.mean((2, 3))
+    head = model.net.classification_head
+    expected = head[3](head[2](head[1](pooled)))  # pool -> flatten -> dropout -> linear
+    with torch.no_grad():
+        assert torch.allclose(model.classify_features(features), expected, atol=1e-6)
+
+
 def test_train_losses_are_float32_under_bf16_autocast():
     cfg = unet_config(classification_head=True)
     cfg.loss.cls, cfg.loss.lovasz = 0.5, 0.5
