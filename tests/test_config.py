@@ -38,6 +38,7 @@ def test_sweep_agent_style_values():
     ("--data.fold=9", ["'data.fold' must be in 0..4"]),
     ("--postprocess.threshold=[0.5]", ["postprocess.threshold", "4 values"]),
     ("--model.name=resnet", ["'model.name'", "unet"]),
+    ("--model.cls_pooling=mean", ["'model.cls_pooling'", "'avg', 'max'"]),
     ("--model.fpn_channels=0", ["'model.fpn_channels' must be >= 1"]),
     ("--model.box_batch_size_per_image=-4", ["'model.box_batch_size_per_image' must be >= 1"]),
 ])
