@@ -70,6 +70,13 @@ def main(argv=None) -> None:
     parser.add_argument("--archs", default="", help="comma-separated smp architectures to time in bf16 too")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.config, overrides)
+    others = {arch: load_config(args.config, [*overrides, f"--model.arch={arch}"])
+              for arch in filter(None, args.archs.split(","))}
+    for arch, other in others.items():  # an unknown name fails now, not after the timed runs
+        try:
+            build_model(other)
+        except KeyError as err:
+            raise SystemExit(f"bench_train.py: --archs {arch}: {err.args[0]}") from None
     if not Path(cfg.data.root).is_dir():
         make_dataset(cfg.data.root, n_train=64, n_test=0, seed=0, progress=False)
     data = load_run_data(cfg)
@@ -93,8 +100,8 @@ def main(argv=None) -> None:
     ratio = loader / consumer
     verdict = "meets" if ratio >= 4 else "misses"
     print(f"{'one worker / fastest training':<38}{ratio:>10.2f}x  ({verdict} the 4x target)")
-    for arch in filter(None, args.archs.split(",")):
-        rate = train_rate(load_config(args.config, [*overrides, f"--model.arch={arch}"]), batch, "bf16", args.steps)
+    for arch, other in others.items():
+        rate = train_rate(other, batch, "bf16", args.steps)
         print(f"{'train images/s, bf16, ' + arch:<38}{rate:>10.2f}  ({cfg.model.arch} / {arch}: {bf16 / rate:.2f}x)")
 
 
