@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from engine.distributed import barrier, broadcast_object, cleanup, init_distribu
 from engine.logger import RunLogger
 from engine.sweep import sweep_output_dir
 from engine.trainer import Trainer
-from models import build_model
+from models import build_model, check_model_config
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -36,6 +38,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides look like --section.key=value")
     return args, overrides
+
+
+@contextmanager
+def config_errors():
+    """A bad key or value ends the run with one line naming it, not a traceback."""
+    try:
+        yield
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
 
 
 def resolve_config(args, overrides) -> tuple[Config, Path | None, str | None]:
@@ -69,18 +80,20 @@ def describe_model(cfg: Config) -> str:
 
 
 def main(argv=None) -> dict:
+    started = time.perf_counter()
     args, overrides = parse_args(argv)
-    try:
+    with config_errors():
         cfg, resume_from, resume_id = resolve_config(args, overrides)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
+        check_model_config(cfg)  # before any file is written
     dist_info = init_distributed(cfg.train.device)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
     logger = RunLogger(cfg, dist_info.is_main, resume_id)
-    logger.sweep_overrides(cfg)
+    with config_errors():
+        logger.sweep_overrides(cfg)
+        check_model_config(cfg)
     cfg = load_config(base=broadcast_object(to_dict(cfg)))  # every rank runs rank 0's config
     if dist_info.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -107,6 +120,10 @@ def main(argv=None) -> dict:
             print(f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
     record = trainer.fit()
     logger.finish({"best_score": trainer.best_score})
+    if dist_info.is_main:
+        minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+        print(f"finished in {minutes} min {seconds} s: best score {trainer.best_score:.4f}, "
+              f"{Path(cfg.output_dir) / 'best.pt'}")
     cleanup()
     return record
 

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -85,6 +85,10 @@ class ModelConfig:
     classification_head: bool = False  # image-level class logits from the encoder (gates masks)
     cls_pooling: Literal["avg", "max"] = "avg"  # the head's pooling (smp's default). max reads a crop and a
                                                 # whole strip alike, but scored lower out of fold (README)
+    # further keyword arguments of the smp architecture, e.g. {decoder_attention_type: scse} for a Unet or
+    # {decoder_segmentation_channels: 64} for an FPN. --model.arch_kwargs.<name>=... sets one and keeps
+    # the others; --model.arch_kwargs={...} replaces them all
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
     # Mask R-CNN
     backbone: str = "resnet50"  # resnet50 | resnet50_v2 | resnet18
@@ -256,7 +260,16 @@ def apply_overrides(cfg: Config, overrides) -> None:
 
 
 def set_dotted(cfg: Config, dotted: str, value, source: str) -> None:
-    *sections, key = dotted.split(".")
+    """Set one key; past a mapping field the rest of the path names one of
+    its entries (``model.arch_kwargs.upsampling``), which is set and the
+    others kept, while the field itself (``model.arch_kwargs``) is replaced."""
+    parts, node = dotted.split("."), cfg
+    for i, part in enumerate(parts[:-1]):
+        node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
+        if isinstance(node, dict):
+            value, parts = {**node, ".".join(parts[i + 1:]): value}, parts[:i + 1]
+            break
+    *sections, key = parts
     nested: dict = {key: value}
     for section in reversed(sections):
         nested = {section: nested}
@@ -281,6 +294,10 @@ def coerce(value, hint, key: str, source: str):
         if value not in args:
             raise ConfigError(f"{source}: '{key}' = {value!r} is not one of {list(args)}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of names to values, got {value!r}")
+        return dict(value)
     if origin is list:
         items = value if isinstance(value, (list, tuple)) else [value]
         return [coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(items)]

@@ -206,8 +206,11 @@ def command_config(spec: SweepSpec) -> tuple[str | None, list[str]]:
 def check_parameters(spec: SweepSpec, overrides: list[str] = ()) -> None:
     """Check, before any trial runs, that every parameter is a config key
     accepting its extreme and categorical values on top of the command's
-    config and ``overrides``, and that no override fixes a swept key.
+    config and ``overrides`` (the model built with each, on the meta device),
+    and that no override fixes a swept key.
     Raises SweepError naming the key."""
+    from models import check_model_config
+
     fixed = [o for o in overrides if o[2:].split("=", 1)[0] in spec.params]
     if fixed:
         raise SweepError(f"overrides {fixed} fix swept parameters; drop them or the parameter")
@@ -215,7 +218,7 @@ def check_parameters(spec: SweepSpec, overrides: list[str] = ()) -> None:
     for name, dist in spec.params.items():
         for value in _samples(dist):
             try:
-                load_config(config, [*literals, *overrides, *trial_args({name: value})])
+                check_model_config(load_config(config, [*literals, *overrides, *trial_args({name: value})]))
             except ConfigError as err:
                 raise SweepError(f"parameter {name!r} = {value!r}: {err}") from None
 

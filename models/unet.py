@@ -7,6 +7,8 @@ with any smp or timm encoder) behind the project's model contract: images in
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Iterator
 
 import segmentation_models_pytorch as smp
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.config import Config, ConfigError
+from engine.config import Config, ConfigError, ModelConfig
 from models.losses import SegLoss, build_seg_loss
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +83,44 @@ class SegmentationModel(nn.Module):
         return (images - self.mean) / self.std
 
 
+# create_model arguments that model.arch_kwargs may not set, and why
+SET_BY_CONFIG = {"encoder_name": "set by model.encoder", "encoder_weights": "set by model.encoder_weights",
+                 "in_channels": "always 3", "classes": "set by model.num_classes",
+                 "aux_params": "set by model.classification_head and model.cls_pooling",
+                 "activation": "always none: the model applies its own sigmoid"}
+
+
+def checked_arch_kwargs(m: ModelConfig) -> dict:
+    """``model.arch_kwargs`` checked against the smp architecture's named
+    parameters (a misspelt one would otherwise vanish into ``**kwargs``);
+    ``model.arch`` and ``model.encoder`` are checked on the way."""
+    arch, encoder, kwargs = m.arch, m.encoder, m.arch_kwargs
+    archs = smp.MODEL_ARCHITECTURES_MAPPING
+    if arch.lower() not in archs:
+        raise ConfigError(f"model.arch={arch!r} is not an smp architecture; valid: "
+                          f"{', '.join(a.__name__ for a in archs.values())}")
+    if encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(encoder[3:]):
+            raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} (timm.list_models())")
+    elif encoder not in smp.encoders.get_encoder_names():
+        close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=3)
+        raise ConfigError(f"model.encoder={encoder!r} is not an smp encoder"
+                          + (f" (close: {', '.join(close)})" if close else "")
+                          + "; a timm model is written tu-<name>, e.g. tu-convnext_tiny")
+    cls = archs[arch.lower()]
+    named = [n for n, p in inspect.signature(cls).parameters.items()
+             if p.kind is not p.VAR_KEYWORD and n not in SET_BY_CONFIG]
+    for name in kwargs:
+        if name in SET_BY_CONFIG:
+            raise ConfigError(f"model.arch_kwargs.{name}: {SET_BY_CONFIG[name]}")
+        if name not in named:
+            raise ConfigError(f"model.arch_kwargs.{name}: {cls.__name__} takes no such argument; "
+                              f"it takes {', '.join(named)}")
+    return kwargs
+
+
 def _image_label_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
     """BCE of image-level logits [B, C] against labels [B, C] in {0, 1}, in float32."""
     with torch.autocast(class_logits.device.type, enabled=False):
@@ -100,12 +140,12 @@ def build_unet(cfg: Config) -> SegmentationModel:
     aux_params = None
     if m.classification_head:
         aux_params = dict(classes=m.num_classes, pooling=m.cls_pooling, dropout=CLS_HEAD_DROPOUT)
-    net = smp.create_model(
-        arch=m.arch,
-        encoder_name=m.encoder,
-        encoder_weights=m.encoder_weights,
-        in_channels=3,
-        classes=m.num_classes,
-        aux_params=aux_params,
-    )
+    kwargs = checked_arch_kwargs(m)
+    try:
+        net = smp.create_model(arch=m.arch, encoder_name=m.encoder, encoder_weights=m.encoder_weights,
+                               in_channels=3, classes=m.num_classes, aux_params=aux_params, **kwargs)
+    except (TypeError, ValueError) as err:
+        if not kwargs:
+            raise
+        raise ConfigError(f"model.arch_kwargs={kwargs} for {m.arch}: {type(err).__name__}: {err}") from err
     return SegmentationModel(net, build_seg_loss(cfg.loss), cls_weight=cfg.loss.cls)

@@ -8,7 +8,8 @@ backward and optimiser step on a fixed batch, so loading is excluded), and
 data-loader samples/s of one worker alone (JPEG decode + crop +
 augmentation, in this process). The target: one loader worker delivers at
 least 4x what one training process consumes. ``--archs`` also times the
-config with each of those smp architectures in bf16, in the same run.
+config with each of those smp architectures in bf16, in the same run, at
+smp's default widths (``model.arch_kwargs`` emptied).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
     parser.add_argument("--archs", default="", help="comma-separated smp architectures to time in bf16 too")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.config, overrides)
-    others = {arch: load_config(args.config, [*overrides, f"--model.arch={arch}"])
+    others = {arch: load_config(args.config, [*overrides, f"--model.arch={arch}", "--model.arch_kwargs={}"])
               for arch in filter(None, args.archs.split(","))}
     for arch, other in others.items():  # an unknown name fails now, not after the timed runs
         try:

@@ -49,6 +49,21 @@ def test_bad_overrides_name_the_key(override, words):
         assert word in str(err.value)
 
 
+def test_arch_kwargs_entry_or_whole_mapping(tmp_path):
+    """A mapping field: --model.arch_kwargs.<name>= (what a sweep parameter of
+    that name passes) sets one entry and keeps the file's others;
+    --model.arch_kwargs= replaces the mapping."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  arch_kwargs:\n    decoder_pyramid_channels: 128\n    upsampling: 4\n")
+    cfg = load_config(path, ["--model.arch_kwargs.upsampling=2"])
+    assert cfg.model.arch_kwargs == {"decoder_pyramid_channels": 128, "upsampling": 2}
+    assert load_config(path, ["--model.arch_kwargs={}"]).model.arch_kwargs == {}
+    assert load_config(path, ["--model.arch_kwargs={encoder_depth: 4}"]).model.arch_kwargs == {"encoder_depth": 4}
+    assert load_config(None).model.arch_kwargs == {}
+    with pytest.raises(ConfigError, match="'model.arch_kwargs' must be a mapping"):
+        load_config(None, ["--model.arch_kwargs=64"])
+
+
 def test_bad_file_key_names_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epoch: 3\n")

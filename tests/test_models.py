@@ -141,6 +141,28 @@ def test_train_losses_are_float32_under_bf16_autocast():
     assert all(v.dtype == torch.float32 for v in losses.values())
 
 
+def test_arch_kwargs_reach_the_network():
+    narrow = build_unet(unet_config(arch="FPN", arch_kwargs={"decoder_segmentation_channels": 32}))
+    widths = {m.out_channels for m in narrow.net.decoder.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert 32 in widths and 128 not in widths  # smp's default segmentation width is 128
+
+
+@pytest.mark.parametrize("model, words", [
+    ({"arch": "FPN", "arch_kwargs": {"decoder_segmentaton_channels": 64}},
+     ["model.arch_kwargs.decoder_segmentaton_channels", "FPN takes no such", "decoder_segmentation_channels"]),
+    ({"arch_kwargs": {"classes": 3}}, ["model.arch_kwargs.classes", "model.num_classes"]),
+    ({"arch_kwargs": {"decoder_channels": 64}}, ["model.arch_kwargs={'decoder_channels': 64} for Unet"]),
+    ({"arch": "Unet++"}, ["model.arch='Unet++'", "UnetPlusPlus"]),
+    ({"encoder": "resnet19"}, ["model.encoder='resnet19'", "resnet18"]),
+    ({"encoder": "tu-resnet19"}, ["model.encoder='tu-resnet19'", "timm has no model"]),
+])
+def test_bad_smp_arguments_name_the_key(model, words):
+    with pytest.raises(ConfigError) as err:
+        build_unet(unet_config(**model))
+    for word in words:
+        assert word in str(err.value)
+
+
 def test_classification_head_needs_a_loss_weight_and_class_probs_needs_a_head():
     with pytest.raises(ConfigError, match="loss.cls"):
         build_unet(unet_config(classification_head=True))

@@ -163,6 +163,16 @@ def test_unknown_or_mistyped_key_fails_before_any_trial(tmp_path):
         check_parameters(mistyped)
 
 
+def test_architecture_refusing_the_configs_arguments_fails_before_any_trial(tmp_path):
+    """demo_cpu.yaml's FPN widths are not a Unet's arguments: the model each
+    value builds is checked too, not only the config keys."""
+    command = [*COMMAND[:3], "--config", str(REPO / "configs/demo_cpu.yaml"), "${args}"]
+    spec = load_sweep(write_sweep(tmp_path, "train.py", {"model.arch": {"values": ["FPN", "Unet"]}}, command=command))
+    check_parameters(spec, ["--model.arch_kwargs={}"])  # every architecture at smp's widths
+    with pytest.raises(SweepError, match="'model.arch' = 'Unet'.*arch_kwargs.decoder_pyramid_channels: Unet takes no"):
+        check_parameters(spec)
+
+
 def test_override_of_a_swept_key_is_refused(fake_sweep):
     with pytest.raises(SweepError, match="loss.dice"):
         check_parameters(load_sweep(fake_sweep), ["--loss.dice=0.3"])

@@ -81,6 +81,8 @@ def test_existing_run_needs_resume(tiny_data, tmp_path):
     ("--train.epochz=3", "unknown key 'train.epochz'"),
     ("--train.amp=fp32", "'train.amp' = 'fp32' is not one of"),
     ("--optim.lr=fast", "'optim.lr' must be float"),
+    ("--model.arch=Unett", "model.arch='Unett' is not an smp architecture"),  # checked by building on meta
+    ("--model.arch_kwargs.decoder_chanels=[8,8,8,8,8]", "model.arch_kwargs.decoder_chanels: Unet takes no"),
 ])
 def test_bad_config_fails_before_work(tmp_path, override, message):
     result = subprocess.run([sys.executable, "train.py", f"--output_dir={tmp_path / 'run'}", override],
