@@ -6,7 +6,7 @@
 Prints training images/s in float32 and in bfloat16 autocast (forward,
 backward and optimiser step on a fixed batch, so loading is excluded), and
 data-loader samples/s of one worker alone (JPEG decode + crop +
-augmentation, in this process). The target: one loader worker delivers at
+augmentation, in this process, after an untimed pass). The target: one loader worker delivers at
 least 4x what one training process consumes. ``--archs`` also times the
 config with each of those smp architectures in bf16, in the same run, at
 smp's default widths (``model.arch_kwargs`` emptied).
@@ -32,8 +32,12 @@ from models import build_model  # noqa: E402
 
 
 def loader_rate(dataset, n: int) -> float:
-    """Samples/s of ``dataset[i]`` in this process (what one worker does)."""
-    dataset[0]  # warm caches and lazy imports
+    """Samples/s of ``dataset[i]`` in this process (what one worker does),
+    after an untimed pass over the same items: in a fresh process one early
+    item took 0.35 to 0.49 s of one-time set-up, which alone took 60 timed
+    samples from about 300/s to 70-110/s."""
+    for i in range(n):  # one-time set-up; the files into the page cache
+        dataset[i % len(dataset)]
     started = time.perf_counter()
     for i in range(n):
         dataset[i % len(dataset)]
@@ -86,7 +90,7 @@ def main(argv=None) -> None:
     batch = dataset.collate_fn([dataset[i] for i in range(cfg.data.batch_size)])
 
     torch.set_num_threads(torch.get_num_threads())
-    print(f"config {args.config}: {cfg.model.name} {cfg.model.arch}/{cfg.model.encoder}, "
+    print(f"config {args.config}: {cfg.model.name} {cfg.model.arch}/{cfg.model.encoder} {cfg.model.arch_kwargs}, "
           f"batch {cfg.data.batch_size} x {cfg.data.crop_height}x{cfg.data.crop_width}, "
           f"{torch.get_num_threads()} torch threads")
     fp32 = train_rate(cfg, batch, "off", args.steps)
@@ -103,7 +107,9 @@ def main(argv=None) -> None:
     print(f"{'one worker / fastest training':<38}{ratio:>10.2f}x  ({verdict} the 4x target)")
     for arch, other in others.items():
         rate = train_rate(other, batch, "bf16", args.steps)
-        print(f"{'train images/s, bf16, ' + arch:<38}{rate:>10.2f}  ({cfg.model.arch} / {arch}: {bf16 / rate:.2f}x)")
+        print(f"{'train images/s, bf16, ' + arch + '*':<38}{rate:>10.2f}  (config / {arch}*: {bf16 / rate:.2f}x)")
+    if others:
+        print("* at smp's default widths (model.arch_kwargs emptied)")
 
 
 if __name__ == "__main__":
