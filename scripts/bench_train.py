@@ -33,9 +33,9 @@ from models import build_model  # noqa: E402
 
 def loader_rate(dataset, n: int) -> float:
     """Samples/s of ``dataset[i]`` in this process (what one worker does),
-    after an untimed pass over the same items: in a fresh process one early
-    item took 0.35 to 0.49 s of one-time set-up, which alone took 60 timed
-    samples from about 300/s to 70-110/s."""
+    after an untimed pass over the same items. In a fresh process the first
+    image with a mask took 0.35 to 0.49 s (the RLE kernel's first call loads
+    it, README), which alone took 60 timed samples from about 300/s to 70-110/s."""
     for i in range(n):  # one-time set-up; the files into the page cache
         dataset[i % len(dataset)]
     started = time.perf_counter()
