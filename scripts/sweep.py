@@ -39,8 +39,10 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
@@ -286,7 +288,11 @@ def format_axis(ax, name: str, dist) -> None:
     else:
         for bound in (dist.low, dist.high):  # the searched range, which also sets the limits of an empty axis
             ax.axvline(bound, color="0.8", linestyle=":")
-        ax.set_xscale("log" if dist.log else "linear")
+        if dist.log:
+            ax.set_xscale("log")
+            ticks = np.geomspace(dist.low, dist.high, 4)  # a range under two decades gets labelled minor
+            ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])  # ticks that overlap: label these instead
+            ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_config
 from wandb.sdk.sweeps.scheduler.optuna import search_space_from_sweep_config
@@ -31,7 +32,8 @@ from engine.sweep import (
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "configs/sweeps").glob("*.yaml"))
 COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-run_sweep = runpy.run_path(str(REPO / "scripts/sweep.py"))["main"]
+SWEEP_SCRIPT = runpy.run_path(str(REPO / "scripts/sweep.py"))
+run_sweep = SWEEP_SCRIPT["main"]
 
 # A stand-in for train.py: writes one metrics.jsonl line per epoch whose
 # val/score is --loss.focal, sleeping a little between epochs; exits 1 with a
@@ -227,6 +229,19 @@ def test_sweep_output_dir_is_per_run_under_an_agent_only(monkeypatch):
 
 
 # ---------------------------------------------------------------- the local runner
+
+
+def test_log_axis_labels_four_ticks_across_the_range():
+    """Under two decades matplotlib labels minor ticks, which overlapped
+    (3e-4 .. 3e-3); the axis labels four log-spaced values instead."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    SWEEP_SCRIPT["format_axis"](ax, "optim.lr", FloatDistribution(3e-4, 3e-3, log=True))
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0003", "0.00065", "0.0014", "0.003"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    plt.close(fig)
 
 
 def test_local_sweep_writes_table_and_picture(fake_sweep):
