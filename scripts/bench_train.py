@@ -8,9 +8,9 @@ backward and optimiser step on a fixed batch, so loading is excluded), and
 data-loader samples/s of one worker alone (JPEG decode + crop +
 augmentation, in this process, after an untimed pass). The target: one
 loader worker delivers at least 4x what one training process consumes.
-``--archs`` also times the
-config with each of those smp architectures in bf16, in the same run, at
-smp's default widths (``model.arch_kwargs`` emptied).
+``--archs`` also times the config with each of those smp architectures in
+bf16, in the same run, at smp's default widths (``model.arch_kwargs``
+emptied).
 """
 
 from __future__ import annotations
