@@ -92,8 +92,8 @@ def main(argv=None) -> dict:
 
     logger = RunLogger(cfg, dist_info.is_main, resume_id)
     with config_errors():
-        logger.sweep_overrides(cfg)
-        check_model_config(cfg)
+        if logger.sweep_overrides(cfg):
+            check_model_config(cfg)  # the model the sweep's values make
     cfg = load_config(base=broadcast_object(to_dict(cfg)))  # every rank runs rank 0's config
     if dist_info.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)

@@ -33,14 +33,16 @@ class RunLogger:
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
-    def sweep_overrides(self, cfg: Config) -> None:
-        """Apply dotted keys a sweep put into the W&B config (rank 0 only)."""
+    def sweep_overrides(self, cfg: Config) -> bool:
+        """Apply dotted keys a sweep put into the W&B config (rank 0 only);
+        True when there was a sweep to apply."""
         if self.run is None or not getattr(self.run, "sweep_id", None):
-            return
+            return False
         for key, value in dict(self.run.config).items():
             if "." in key:
                 set_dotted(cfg, key, value, source="W&B sweep")
         self.run.config.update(to_dict(cfg), allow_val_change=True)
+        return True
 
     def truncate_after(self, epoch: int) -> None:
         """On resume, drop metric lines of epochs the checkpoint does not hold."""

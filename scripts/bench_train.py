@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from datasets.synthetic import make_dataset  # noqa: E402
-from engine.config import load_config  # noqa: E402
+from engine.config import ConfigError, load_config  # noqa: E402
 from engine.data import build_train_dataset, load_run_data  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.runtime import autocast_for  # noqa: E402
-from models import build_model  # noqa: E402
+from models import build_model, check_model_config  # noqa: E402
 
 
 def loader_rate(dataset, n: int) -> float:
@@ -78,11 +78,11 @@ def main(argv=None) -> None:
     cfg = load_config(args.config, overrides)
     others = {arch: load_config(args.config, [*overrides, f"--model.arch={arch}", "--model.arch_kwargs={}"])
               for arch in filter(None, args.archs.split(","))}
-    for arch, other in others.items():  # an unknown name fails now, not after the timed runs
+    for arch, other in [("", cfg), *others.items()]:  # a bad model fails now, not after the timed runs
         try:
-            build_model(other)
-        except KeyError as err:
-            raise SystemExit(f"bench_train.py: --archs {arch}: {err.args[0]}") from None
+            check_model_config(other)
+        except ConfigError as err:
+            raise SystemExit(f"bench_train.py: {f'--archs {arch}: ' if arch else ''}{err}") from None
     if not Path(cfg.data.root).is_dir():
         make_dataset(cfg.data.root, n_train=64, n_test=0, seed=0, progress=False)
     data = load_run_data(cfg)

@@ -329,3 +329,23 @@ def test_local_sweep_of_the_real_train_py(tmp_path):
         assert config["loss"]["dice"] == trial["loss.dice"]
         assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert (tmp_path / "study" / "params.png").is_file()
+
+
+def test_logger_applies_a_sweeps_dotted_keys_only_under_a_sweep():
+    """What an agent launched without ${args} leaves in the run's W&B config;
+    the return value tells train.py whether to check the model again."""
+    from types import SimpleNamespace
+
+    from engine.config import Config
+    from engine.logger import RunLogger
+
+    class RunConfig(dict):  # wandb.Config: a mapping with update(..., allow_val_change)
+        def update(self, values, allow_val_change=False):
+            super().update(values)
+
+    logger, cfg = RunLogger(Config(), is_main=False), Config()
+    assert logger.sweep_overrides(cfg) is False  # no W&B run
+    logger.run = SimpleNamespace(sweep_id=None, config=RunConfig({"model.arch_kwargs.upsampling": 2}))
+    assert logger.sweep_overrides(cfg) is False and cfg.model.arch_kwargs == {}  # a run outside a sweep
+    logger.run.sweep_id = "s1"
+    assert logger.sweep_overrides(cfg) is True and cfg.model.arch_kwargs == {"upsampling": 2}

@@ -3,6 +3,8 @@ and the promised config errors."""
 
 import json
 import os
+import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,14 @@ def test_wandb_offline_needs_no_server(tiny_data, tmp_path, monkeypatch):
     train.main(tiny_args(tiny_data, out, "--wandb.mode=offline", "--train.epochs=1", "--train.max_steps_per_epoch=1"))
     assert list((out / "wandb").rglob("*.wandb")), "no offline run file written"
     assert load_checkpoint(out / "last.pt")["wandb_id"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--archs", "FPN,Foo"], "bench_train.py: --archs Foo: model.arch='Foo' is not an smp architecture"),
+    (["--model.encoder=resnet19"], "bench_train.py: model.encoder='resnet19' is not an smp encoder"),
+])
+def test_bench_train_refuses_a_bad_model_before_timing(args, message, tmp_path):
+    bench = runpy.run_path(str(REPO / "scripts/bench_train.py"))["main"]
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        bench([*args, f"--data.root={tmp_path / 'absent'}"])
+    assert not (tmp_path / "absent").exists()  # refused before the stand-in data is written
