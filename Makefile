@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 DATA ?= data/synthetic
 RUN ?= runs/demo
 PRED ?= outputs/demo
+# train.amp and predict.amp of the demo: auto | off | bf16 (core/precision.py); `make demo AMP=off` forces float32
+AMP ?= auto
 
 .PHONY: demo test test-slow test-all venv bench clean
 
@@ -33,9 +35,10 @@ demo: $(STAMP)
 	$(PY) scripts/make_synthetic.py --out $(DATA) --train 800 --test 100 --seed 0
 	@echo "== the scorer on the truth itself (must be 1.0) and the all-empty baseline =="
 	$(PY) scripts/evaluate.py --pred $(DATA)/test_truth.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
-	$(PY) scripts/cv.py --config configs/demo_cpu.yaml --out $(RUN) --folds 0 --data.root=$(DATA)
+	$(PY) scripts/cv.py --config configs/demo_cpu.yaml --out $(RUN) --folds 0 --data.root=$(DATA) \
+		--train.amp=$(AMP) --predict.amp=$(AMP)
 	$(PY) predict.py --checkpoint $(RUN)/fold0/best.pt --images $(DATA)/test_images --out $(PRED) --overlays \
-		--postprocess.file=$(RUN)/postprocess.json --resume
+		--postprocess.file=$(RUN)/postprocess.json --predict.amp=$(AMP) --resume
 	@echo "== held-out score of the trained model, post-processing tuned on fold 0 =="
 	$(PY) scripts/evaluate.py --pred $(PRED)/submission.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
 	@echo "pictures: $(PRED)/overlays/*.jpg (test strips), $(RUN)/fold0/overlays/*.jpg (validation)"

@@ -76,6 +76,8 @@ def main(argv=None) -> RunSummary:
     try:
         models, cfg = load_models(args.checkpoint, overrides, dist_info.device)
         predictor = Predictor(models, cfg.predict, dist_info.device)
+        if dist_info.is_main:
+            print(f"predict.amp: {predictor.precision.describe()}", flush=True)
         summary = predict_folder(predictor, PostProcess.from_config(cfg.postprocess), args.images, args.out,
                                  dist_info, layout=args.format, save_probs=args.save_probs,
                                  overlays=args.overlays, gradcam=args.gradcam, resume=args.resume)

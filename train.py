@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from core.precision import Precision, resolve_amp
 from engine.checkpoint import load_checkpoint, model_weights
 from engine.config import Config, ConfigError, load_config, save_config, to_dict
 from engine.data import build_train_dataset, build_val_dataset, load_run_data
@@ -94,7 +95,14 @@ def main(argv=None) -> dict:
     with config_errors():
         if logger.sweep_overrides(cfg):
             check_model_config(cfg)  # the model the sweep's values make
+    precision = None
+    if dist_info.is_main:
+        precision = resolve_amp(cfg.train.amp, dist_info.device, key="train.amp")
+        cfg.train.amp = precision.amp  # config.yaml, the checkpoints and W&B record what ran
+        logger.update_config({**to_dict(cfg), "precision": precision.to_dict()})
+        print(f"train.amp: {precision.describe()}", flush=True)
     cfg = load_config(base=broadcast_object(to_dict(cfg)))  # every rank runs rank 0's config
+    precision = Precision(**broadcast_object(precision.to_dict() if precision else None))
     if dist_info.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
@@ -111,8 +119,8 @@ def main(argv=None) -> dict:
     val_set = build_val_dataset(data)
     if dist_info.is_main:
         print(f"{describe_model(cfg)} on {dist_info.world_size} x {dist_info.device}, "
-              f"amp={cfg.train.amp}: {len(train_set)} train / {len(val_set)} val images, split {data.split_file}")
-    trainer = Trainer(cfg, dist_info, model, train_set, val_set, logger)
+              f"{len(train_set)} train / {len(val_set)} val images, split {data.split_file}")
+    trainer = Trainer(cfg, dist_info, model, train_set, val_set, logger, precision)
     if resume_from:
         trainer.resume(resume_from)
         logger.truncate_after(trainer.epoch)

@@ -144,7 +144,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20
-    amp: Literal["off", "bf16", "fp16"] = "off"  # fp16 needs CUDA (GradScaler); bf16 runs on CPU too
+    # auto: bf16 where the device computes it natively, fp16 + GradScaler on CUDA without, float32 on other
+    # CPUs (core/precision.py). The resolved value is what config.yaml, checkpoints and W&B record
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     accum_steps: int = 1
     clip_grad: float = 0.0  # max gradient norm; 0 = off
@@ -179,7 +181,7 @@ class PredictConfig:
     full_frame: bool = False  # whole strips instead of tiles
     batch_size: int = 16  # tiles per forward
     num_workers: int = 2
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # as train.amp, resolved where the prediction runs
     channels_last: bool = False
 
 

@@ -52,6 +52,7 @@ def predict_out_of_fold(cfg: Config, base: Path, folds: Sequence[int], device="c
         if todo:
             models, fold_cfg = load_models([fold_dir(base, fold) / "best.pt"], device=device)
             predictor = Predictor(models, fold_cfg.predict, device)
+            print(f"fold {fold}, out of fold: predict.amp: {predictor.precision.describe()}", flush=True)
             for name, image in progress(ImageFolder(data.annotations.image_dir, todo), True, desc=f"oof fold {fold}"):
                 if isinstance(image, Exception):
                     raise image

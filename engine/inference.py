@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from core.precision import resolve_amp
 from datasets.io import ImageReadError, read_image, to_tensor
 from datasets.rle import rle_encode
 from datasets.severstal import CLASS_IDS, RERELEASED, atomic_write_text, list_images, write_mask_csv
@@ -48,7 +49,7 @@ from .config import Config, ConfigError, PredictConfig, load_config, to_dict
 from .distributed import DistInfo, broadcast_object, gather_objects
 from .gradcam import cam_panel, grad_cam
 from .postprocess import PostProcess, save_probs
-from .runtime import autocast_for, progress
+from .runtime import progress
 from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
 from .visualize import overlay_panel, write_image
 
@@ -92,7 +93,8 @@ class Predictor:
         memory = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.models = [m.to(self.device, memory_format=memory).eval() for m in models]
         self.class_models = [m for m in self.models if has_class_head(m)]
-        self.autocast = autocast_for(cfg.amp, self.device, key="predict.amp")
+        self.precision = resolve_amp(cfg.amp, self.device, key="predict.amp")
+        self.autocast = self.precision.autocast
 
     @property
     def has_class_probs(self) -> bool:

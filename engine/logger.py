@@ -44,6 +44,11 @@ class RunLogger:
         self.run.config.update(to_dict(cfg), allow_val_change=True)
         return True
 
+    def update_config(self, values: dict) -> None:
+        """Record ``values`` (nested sections) in the W&B run's config."""
+        if self.run is not None:
+            self.run.config.update(values, allow_val_change=True)
+
     def truncate_after(self, epoch: int) -> None:
         """On resume, drop metric lines of epochs the checkpoint does not hold."""
         if not self.is_main or not self.metrics_path.exists():

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.precision import Precision, resolve_amp
+
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict
 from .data import train_loader, val_loader
@@ -24,7 +26,7 @@ from .distributed import DistInfo, broadcast_module_state, gather_objects, mean_
 from .logger import RunLogger
 from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
 from .optim import build_ema, build_optimizer, build_scheduler
-from .runtime import autocast_for, progress
+from .runtime import progress
 from .visualize import overlay_panel
 
 
@@ -42,17 +44,21 @@ def to_device(obj, device: torch.device):
 class Trainer:
     """Owns the model, optimiser, schedule, scaler, EMA and their checkpoints."""
 
-    def __init__(self, cfg: Config, dist_info: DistInfo, model: nn.Module, train_set, val_set, logger: RunLogger):
+    def __init__(self, cfg: Config, dist_info: DistInfo, model: nn.Module, train_set, val_set, logger: RunLogger,
+                 precision: Precision | None = None):
+        """``precision``: train.amp as resolved by train.py (what it asked for
+        and why); None resolves ``cfg.train.amp`` here."""
         self.cfg, self.dist, self.logger = cfg, dist_info, logger
         self.train_set, self.val_set = train_set, val_set
         self.device = dist_info.device
-        self.autocast = autocast_for(cfg.train.amp, self.device)
+        self.precision = precision or resolve_amp(cfg.train.amp, self.device, key="train.amp")
+        self.autocast = self.precision.autocast
         self.model = self._prepare_model(model)
         self.steps_per_epoch = self._steps_per_epoch()
         self.optimizer = build_optimizer(self.raw_model, cfg.optim)
         self.scheduler, self.scheduler_when = build_scheduler(
             self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
         self.ema = build_ema(self.raw_model, cfg.train.ema)
         self.epoch, self.step, self.best_score = 0, 0, -math.inf
         self.output_dir = Path(cfg.output_dir)
@@ -228,6 +234,7 @@ class Trainer:
             "best_score": self.best_score,
             "rng": rng_state(),
             "config": to_dict(self.cfg),
+            "precision": self.precision.to_dict(),
             "wandb_id": self.logger.run_id,
         }
 

@@ -2,7 +2,7 @@
 
     python scripts/bench_maskrcnn.py [--config configs/maskrcnn_demo_cpu.yaml] [--steps 8]
 
-Times forward + backward + optimiser step (bf16 autocast, this process's
+Times forward + backward + optimiser step (the precision train.amp resolves to, this process's
 torch threads) on the same training crops for three settings of the same
 ResNet-18-FPN: torchvision's defaults on 256x256 crops; the config's proposal,
 RoI, mask-head and FPN budgets on 256x256 crops; the config as it is (its
@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from core.precision import machine_summary, resolve_amp  # noqa: E402
 from datasets.synthetic import make_dataset  # noqa: E402
 from engine.config import MASKRCNN_BUDGETS, ConfigError, ModelConfig, load_config  # noqa: E402
 from engine.data import build_train_dataset, load_run_data  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
-from engine.runtime import autocast_for  # noqa: E402
 from models import build_model  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def seconds_per_step(cfg, batches, warmup: int = 2) -> float:
     torch.manual_seed(0)
     model = build_model(cfg).train()
     optimizer = build_optimizer(model, cfg.optim)
-    autocast = autocast_for("bf16", torch.device("cpu"))
+    autocast = resolve_amp(cfg.train.amp, torch.device("cpu")).autocast
     times = []
     for images, targets in batches:
         started = time.perf_counter()
@@ -70,8 +70,9 @@ def main(argv=None) -> None:
         "config budgets, 256x256 crops": ["--data.crop_width=256"],
         f"config as is ({cfg.data.crop_height}x{cfg.data.crop_width} crops)": [],
     }
-    print(f"{args.config}: {cfg.model.backbone}-FPN, batch {cfg.data.batch_size}, bf16, "
-          f"{torch.get_num_threads()} torch threads, {args.steps} timed steps each")
+    precision = resolve_amp(cfg.train.amp, torch.device("cpu"))
+    print(f"{args.config}: {cfg.model.backbone}-FPN, batch {cfg.data.batch_size}, {args.steps} timed steps each")
+    print(f"{machine_summary()}; train.amp={cfg.train.amp} -> {precision.describe()}")
     print(f"{'setting':<44}{'s/step':>8}{'s/crop':>8}{'speed-up':>10}")
     reference = None
     for name, extra in settings.items():

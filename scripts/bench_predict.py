@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from core.precision import machine_summary  # noqa: E402
 from engine.tiling import predict_full_frame, predict_tiled  # noqa: E402
 
 TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
@@ -178,7 +179,7 @@ def main(argv=None) -> None:
     ours, theirs, diff = check_same_windows(unet, images[:1], args.batch_size)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     clock = "CPU" if args.cpu_time else "wall"
-    print(f"CPU, {args.threads} torch threads, load average {load} (wall times are noisy on a busy machine); "
+    print(f"{machine_summary()}, float32 (no autocast); load average {load} (wall times are noisy on a busy machine); "
           f"{args.strips} strips of {STRIP[1]}x{STRIP[0]} per call, min {clock} time of {args.repeats} repeats")
     print(f"windows per strip: this tiler {ours}, MONAI {theirs}; max |difference| {diff:.1e}")
     t_unet = speed(unet, images, args, full_frame=True)

@@ -144,7 +144,7 @@ def test_strict_exits_non_zero_in_a_subprocess(checkpoints, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "predict.py"), "--checkpoint", str(checkpoints[0]), "--images", str(images),
            "--out", str(out), "--strict", "--device", "cpu", "--full-frame", "--predict.num_workers=0",
-           "--predict.amp=bf16", "--predict.channels_last=true"]
+           "--predict.amp=auto", "--predict.channels_last=true"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert run.returncode != 0, run.stderr
     assert "--strict" in run.stderr and "empty.jpg" in run.stdout

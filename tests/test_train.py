@@ -8,13 +8,18 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 import train
+from core.precision import resolve_amp
+from engine import logger as logger_module
 from engine import trainer as trainer_module
 from engine.checkpoint import load_checkpoint, load_model
+from engine.config import to_dict
 from engine.metrics import dice_from_counts, kaggle_score, pair_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,20 +33,33 @@ def tiny_args(root, out, *extra):
             "--wandb.mode=disabled", "--data.crop_width=128", "--data.crop_height=128", *extra]
 
 
-@pytest.mark.parametrize("amp, val_every", [("off", 1), ("bf16", 2)])
-def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, amp, val_every):
+@pytest.mark.parametrize("cpu, val_every", [("avx2", 1), ("this", 2)])
+def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, monkeypatch, capsys, cpu, val_every):
+    """The shipped demo config (train.amp auto): float32 on a CPU reported as
+    AVX2-only, whatever this one is; on this CPU, what it supports. The
+    resolved choice is what config.yaml and the checkpoint record."""
+    if cpu == "avx2":
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    expected = resolve_amp("auto", "cpu").amp
     out = tmp_path / "run"
-    record = train.main(tiny_args(tiny_data, out, f"--train.amp={amp}", f"--train.val_every={val_every}"))
+    record = train.main(tiny_args(tiny_data, out, f"--train.val_every={val_every}"))
     assert {"last.pt", "best.pt", "config.yaml", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4
-    assert ckpt["config"]["train"]["amp"] == amp
+    assert ckpt["config"]["train"]["amp"] == expected and ckpt["config"]["predict"]["amp"] == "auto"
+    assert ckpt["precision"]["amp"] == expected and ckpt["precision"]["requested"] == "auto"
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["amp"] == expected
+    assert f"train.amp: {'float32' if expected == 'off' else 'bf16 autocast'} (auto: " in capsys.readouterr().out
+    if cpu == "avx2":
+        assert expected == "off" and "AVX2" in ckpt["precision"]["reason"]
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
     assert [("val" in l) for l in lines] == [val_every == 1, True]  # validated every val_every epochs and at the end
     assert 0.0 <= record["val"]["score"] <= 1.0 and set(record["val"]["per_class"]) == {"1", "2", "3", "4"}
     model, cfg = load_model(out / "best.pt")
-    assert not model.training and cfg.train.amp == amp
+    assert not model.training and cfg.train.amp == expected
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
@@ -144,6 +162,29 @@ def test_wandb_offline_needs_no_server(tiny_data, tmp_path, monkeypatch):
     train.main(tiny_args(tiny_data, out, "--wandb.mode=offline", "--train.epochs=1", "--train.max_steps_per_epoch=1"))
     assert list((out / "wandb").rglob("*.wandb")), "no offline run file written"
     assert load_checkpoint(out / "last.pt")["wandb_id"]
+
+
+def test_wandb_config_records_the_resolved_precision(tiny_data, tmp_path, monkeypatch):
+    """W&B's config holds what train.amp=auto resolved to, and why (the
+    offline .wandb file has no Python reader, so the run is a stand-in)."""
+    class RunConfig(dict):  # wandb.Config: a mapping with update(..., allow_val_change)
+        def update(self, values, allow_val_change=False):
+            super().update(values)
+
+    runs = []
+
+    def fake_init(cfg, resume_id):
+        runs.append(SimpleNamespace(id="fake", sweep_id=None, config=RunConfig(to_dict(cfg)), summary={},
+                                    log=lambda *args, **kwargs: None, finish=lambda: None))
+        return runs[-1]
+
+    monkeypatch.setattr(logger_module, "_init_wandb", fake_init)
+    train.main(tiny_args(tiny_data, tmp_path / "run", "--wandb.mode=offline", "--train.epochs=1",
+                         "--train.max_steps_per_epoch=1", "--train.n_overlays=0"))
+    resolved = resolve_amp("auto", "cpu")
+    [run] = runs
+    assert run.config["train"]["amp"] == resolved.amp and run.config["precision"]["requested"] == "auto"
+    assert run.config["precision"]["reason"] == resolved.reason
 
 
 @pytest.mark.parametrize("args, message", [
