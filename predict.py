@@ -25,11 +25,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.config import ConfigError
+from core.distributed import cleanup, init_distributed
 from datasets.severstal import COMPETITION, RERELEASED
-from engine.config import ConfigError
-from engine.distributed import cleanup, init_distributed
-from engine.inference import SKIPPED, Predictor, RunSummary, load_models, predict_folder
-from engine.postprocess import PostProcess
+from inference.postprocess import PostProcess
+from inference.predictor import SKIPPED, Predictor, RunSummary, load_models, predict_folder
 
 OVERRIDABLE = ("--predict.", "--postprocess.")
 

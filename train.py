@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint import load_checkpoint
+from core.config import Config, ConfigError, load_config, save_config, to_dict
+from core.distributed import barrier, broadcast_object, cleanup, init_distributed
 from core.precision import Precision, resolve_amp
-from engine.checkpoint import load_checkpoint, model_weights
-from engine.config import Config, ConfigError, load_config, save_config, to_dict
-from engine.data import build_train_dataset, build_val_dataset, load_run_data
-from engine.distributed import barrier, broadcast_object, cleanup, init_distributed
-from engine.logger import RunLogger
-from engine.sweep import sweep_output_dir
-from engine.trainer import Trainer
-from models import build_model, check_model_config
+from models import build_model, check_model_config, model_weights
+from training.data import build_train_dataset, build_val_dataset, load_run_data
+from training.logger import RunLogger
+from training.trainer import Trainer
+from workflows.hparam_sweep import sweep_output_dir
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:

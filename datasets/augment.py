@@ -11,7 +11,7 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 
-from engine.config import AugmentConfig
+from core.config import AugmentConfig
 
 
 def build_train_transform(cfg: AugmentConfig) -> A.Compose:

@@ -16,8 +16,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from core.classes import CLASS_IDS
+
 from .rle import rle_decode, rle_encode
-from .severstal import CLASS_IDS, Annotations
+from .severstal import Annotations
 
 CATEGORIES = [{"id": c, "name": f"defect_{c}", "supercategory": "defect"} for c in CLASS_IDS]
 _CATEGORY_NAME = re.compile(r"defect_(\d+)")

@@ -14,19 +14,17 @@ a defect-free sample.
 
 from __future__ import annotations
 
-import os
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.classes import CLASS_IDS, NUM_CLASSES
+from core.files import atomic_write_text
+
 from .rle import STRIP_SHAPE, parse_runs, rle_decode
 
-NUM_CLASSES = 4
-CLASS_IDS = (1, 2, 3, 4)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 COMPETITION = "competition"  # ImageId_ClassId,EncodedPixels
 RERELEASED = "rereleased"  # ImageId,ClassId,EncodedPixels (any column order)
@@ -226,23 +224,12 @@ def write_mask_csv(path, rles: dict[str, dict[int, str]], layout: str = RERELEAS
     atomic_write_text(path, pd.DataFrame(records, columns=columns).to_csv(index=False))
 
 
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``
-    (so a reader never sees a half-written file), on failure remove it.
-    Unlike tempfile.mkstemp (always 0600) the file gets the umask's permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
-    with atomic_path(path) as tmp, open(tmp, "x") as f:
-        f.write(text)
+def csv_image_ids(path) -> list[str]:
+    """Sorted ids of every image a Severstal csv names, rows with an empty mask
+    included (a submission lists its defect-free images that way)."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if detect_layout(raw.columns) == COMPETITION:
+        ids = raw["ImageId_ClassId"].str.rsplit("_", n=1).str[0]
+    else:
+        ids = raw["ImageId"]
+    return sorted(set(ids.astype(str).str.strip()))

@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from .severstal import CLASS_IDS, Annotations, atomic_write_text
+from core.classes import CLASS_IDS
+from core.files import atomic_write_text
+
+from .severstal import Annotations
 
 SPLIT_FILE_GLOB = "folds_k*_s*.csv"  # every name split_file_name gives
 

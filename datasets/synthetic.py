@@ -34,8 +34,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from core.classes import CLASS_IDS, NUM_CLASSES
+from core.files import atomic_write_text
+
 from .rle import STRIP_SHAPE, rle_encode
-from .severstal import CLASS_IDS, NUM_CLASSES, atomic_write_text, list_images, write_mask_csv
+from .severstal import list_images, write_mask_csv
 from .splits import SPLIT_FILE_GLOB
 
 GENERATOR_VERSION = 2  # bump whenever the images or masks a seed gives change

@@ -13,9 +13,11 @@ import copy
 import torch
 from torch import nn
 
-from engine.config import Config, ConfigError
-from models.maskrcnn import build_maskrcnn
-from models.unet import build_unet
+from core.checkpoint import load_checkpoint
+from core.config import Config, ConfigError, load_config
+
+from .maskrcnn import build_maskrcnn
+from .unet import build_unet
 
 MODELS = {"unet": build_unet, "maskrcnn": build_maskrcnn}
 
@@ -35,3 +37,19 @@ def check_model_config(cfg: Config) -> None:
     cfg.model.encoder_weights = None
     with torch.device("meta"):
         build_model(cfg)
+
+
+def model_weights(ckpt: dict) -> dict:
+    """The weights to predict or fine-tune with: the EMA's when the run kept one."""
+    return ckpt.get("ema") or ckpt["model"]
+
+
+def load_model(path, device="cpu") -> tuple[nn.Module, Config]:
+    """An eval-mode model and its Config from a checkpoint (EMA weights when the
+    run kept an EMA). See docs/CONTRACTS.md."""
+    ckpt = load_checkpoint(path)
+    cfg = load_config(base=ckpt["config"])
+    cfg.model.encoder_weights = None  # the trained weights replace any pretrained ones
+    model = build_model(cfg)
+    model.load_state_dict(model_weights(ckpt))
+    return model.to(device).eval(), cfg

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.config import ConfigError, LossConfig
+from core.config import ConfigError, LossConfig
 
 SegLoss = Callable[[Tensor, Tensor], dict[str, Tensor]]
 

@@ -23,7 +23,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from engine.config import Config, ConfigError, ModelConfig
+from core.config import Config, ConfigError, ModelConfig
 
 FPN_LEVELS = 5  # feature maps '0'..'3' and 'pool' of every backbone below
 MASK_HEAD_CHANNELS = 256  # torchvision's mask head width

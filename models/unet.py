@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.config import Config, ConfigError, ModelConfig
-from models.losses import SegLoss, build_seg_loss
+from core.config import Config, ConfigError, ModelConfig
+
+from .losses import SegLoss, build_seg_loss
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,16 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from core.precision import machine_summary, resolve_amp  # noqa: E402
-from datasets.synthetic import make_dataset  # noqa: E402
-from engine.config import MASKRCNN_BUDGETS, ConfigError, ModelConfig, load_config  # noqa: E402
-from engine.data import build_train_dataset, load_run_data  # noqa: E402
-from engine.optim import build_optimizer  # noqa: E402
-from models import build_model  # noqa: E402
+from core.config import MASKRCNN_BUDGETS, ConfigError, ModelConfig, load_config
+from core.precision import machine_summary, resolve_amp
+from datasets.synthetic import make_dataset
+from models import build_model
+from training.data import build_train_dataset, load_run_data
+from training.optim import build_optimizer
 
 
 def torchvision_budgets() -> list[str]:

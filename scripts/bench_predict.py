@@ -28,12 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from core.precision import machine_summary  # noqa: E402
-from engine.tiling import predict_full_frame, predict_tiled  # noqa: E402
+from core.precision import machine_summary
+from inference.tiling import predict_full_frame, predict_tiled
 
 TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
 STRIP = (256, 1600)  # (H, W)

@@ -12,16 +12,12 @@ loop decoder; --total masks decoded in under 1 s.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.rle import STRIP_SHAPE, rle_decode, rle_encode  # noqa: E402
+from datasets.rle import STRIP_SHAPE, rle_decode, rle_encode
 
 SPEEDUP_TARGET = 10.0
 RUN_BINS = (0, 500, 1000, 10**9)  # runs-per-mask buckets for the ratio breakdown

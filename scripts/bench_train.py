@@ -23,16 +23,14 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from core.precision import EmulatedBF16Warning, machine_summary, resolve_amp  # noqa: E402
-from datasets.synthetic import make_dataset  # noqa: E402
-from engine.config import ConfigError, load_config  # noqa: E402
-from engine.data import build_train_dataset, load_run_data  # noqa: E402
-from engine.optim import build_optimizer  # noqa: E402
-from models import build_model, check_model_config  # noqa: E402
+from core.config import ConfigError, load_config
+from core.precision import EmulatedBF16Warning, machine_summary, resolve_amp
+from datasets.synthetic import make_dataset
+from models import build_model, check_model_config
+from training.data import build_train_dataset, load_run_data
+from training.optim import build_optimizer
 
 
 def loader_rate(dataset, n: int) -> float:

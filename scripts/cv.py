@@ -15,11 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from engine.config import ConfigError  # noqa: E402
-from engine.cv import format_report, run_cv  # noqa: E402
+import train
+from core.config import ConfigError
+from workflows.cross_validation import format_report, run_cv
 
 
 def main(argv=None) -> dict:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.severstal import Annotations  # noqa: E402
-from engine.checkpoint import load_model  # noqa: E402
-from engine.coco_eval import evaluate_instances  # noqa: E402
-from engine.data import load_run_data  # noqa: E402
+from datasets.severstal import Annotations
+from inference.coco_eval import evaluate_instances
+from models import load_model
+from training.data import load_run_data
 
 
 def main(argv=None) -> dict:

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.rle import STRIP_SHAPE  # noqa: E402
-from datasets.severstal import list_images  # noqa: E402
-from engine.scoring import score_csv  # noqa: E402
+from datasets.rle import STRIP_SHAPE
+from datasets.severstal import list_images
+from inference.scoring import score_csv
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,12 +11,9 @@ byte-identical files; a folder already holding them is left alone unless --force
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.synthetic import default_workers, format_summary, make_dataset  # noqa: E402
+from datasets.synthetic import default_workers, format_summary, make_dataset
 
 
 def non_negative(text: str) -> int:

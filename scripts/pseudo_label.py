@@ -23,15 +23,14 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from datasets.pseudo import pseudo_masks, select_confident, write_pseudo_csv  # noqa: E402
-from datasets.rle import rle_encode  # noqa: E402
-from datasets.severstal import CLASS_IDS, list_images  # noqa: E402
-from engine.config import ConfigError, load_config  # noqa: E402
-from engine.postprocess import PostProcess, load_probs  # noqa: E402
+from core.classes import CLASS_IDS
+from core.config import ConfigError, load_config
+from datasets.pseudo import pseudo_masks, select_confident, write_pseudo_csv
+from datasets.rle import rle_encode
+from datasets.severstal import list_images
+from inference.postprocess import PostProcess, load_probs
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, PostProcess]:

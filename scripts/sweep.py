@@ -33,21 +33,19 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-from optuna.distributions import CategoricalDistribution  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.ticker import NullFormatter
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
 
-from datasets.severstal import atomic_write_text  # noqa: E402
-from engine.sweep import (  # noqa: E402
+from core.files import atomic_write_text
+from workflows.hparam_sweep import (
     SweepError,
     SweepSpec,
     check_parameters,

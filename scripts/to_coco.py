@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.coco import coco_to_rles, severstal_to_coco  # noqa: E402
-from datasets.rle import STRIP_SHAPE  # noqa: E402
-from datasets.severstal import COMPETITION, RERELEASED, Annotations, atomic_write_text, write_mask_csv  # noqa: E402
+from core.files import atomic_write_text
+from datasets.coco import coco_to_rles, severstal_to_coco
+from datasets.rle import STRIP_SHAPE
+from datasets.severstal import COMPETITION, RERELEASED, Annotations, write_mask_csv
 
 
 def to_coco(args: argparse.Namespace) -> None:

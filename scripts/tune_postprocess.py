@@ -15,15 +15,12 @@ The chosen settings go to --out, read back by ``postprocess.file``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from datasets.severstal import Annotations, list_images, read_mask_table, table_to_rles  # noqa: E402
-from engine.postprocess import (  # noqa: E402
+from datasets.severstal import Annotations, list_images, read_mask_table, table_to_rles
+from inference.postprocess import (
     GATES,
     MIN_COMPONENT_AREAS,
     MIN_TOTAL_AREAS,

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+from core.config import AugmentConfig
 from datasets.augment import build_train_transform
-from engine.config import AugmentConfig
 
 PROBS = ("hflip", "vflip", "affine", "brightness_contrast", "gamma", "noise", "blur")
 PHOTOMETRIC = ("brightness_contrast", "gamma", "noise", "blur")

@@ -7,7 +7,7 @@ import torch
 from datasets.coco import connected_components, severstal_to_coco
 from datasets.rle import rle_encode
 from datasets.severstal import Annotations
-from engine.coco_eval import coco_map, detections_to_coco
+from inference.coco_eval import coco_map, detections_to_coco
 
 
 def tiny_annotations(tmp_path):

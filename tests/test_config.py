@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from engine.config import ConfigError, load_config, save_config, to_dict
+from core.config import ConfigError, load_config, save_config, to_dict
 
 CONFIGS = sorted(Path("configs").rglob("*.yaml"))
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import train
-from engine.cv import format_report, run_cv
+from workflows.cross_validation import format_report, run_cv
 
 REPO = Path(__file__).resolve().parents[1]
 

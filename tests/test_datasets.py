@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from core.config import AugmentConfig
 from datasets.augment import build_train_transform
 from datasets.instance import SeverstalInstances, collate_instances, instances_from_masks
 from datasets.rle import rle_encode
 from datasets.semantic import SeverstalSegmentation
 from datasets.severstal import AnnotationError, Annotations, write_mask_csv
-from engine.config import AugmentConfig
 
 H, W = 64, 256
 DARK, BRIGHT = 50, 200  # background and defect grey levels: defect pixels are those > 0.5
@@ -250,7 +250,7 @@ def test_mixed_width_batches_stack_and_vary(tmp_path):
     """Each batch takes one crop width (so it stacks); widths vary across batches."""
     from torch.utils.data import SequentialSampler
 
-    from engine.data import MixedWidthBatchSampler
+    from training.data import MixedWidthBatchSampler
 
     ann = _mixed_width_annotations(tmp_path)
     dataset = SeverstalSegmentation(ann, ann.image_ids, crop=(64, 64))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from datasets.rle import rle_encode
-from datasets.severstal import COMPETITION, RERELEASED, write_mask_csv
-from engine.metrics import pair_counts
-from engine.scoring import csv_image_ids, image_pair_counts, score_csv, score_rles
+from datasets.severstal import COMPETITION, RERELEASED, csv_image_ids, write_mask_csv
+from inference.metrics import pair_counts
+from inference.scoring import image_pair_counts, score_csv, score_rles
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (16, 24)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import load_config
-from engine.gradcam import cam_panel, grad_cam
+from core.config import load_config
+from inference.gradcam import cam_panel, grad_cam
 from models import build_model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import ConfigError, LossConfig
+from core.config import ConfigError, LossConfig
 from models.losses import bce_loss, build_seg_loss, dice_loss, focal_loss, lovasz_hinge_loss
 
 

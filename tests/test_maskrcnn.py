@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights
 
-from engine.config import Config, ConfigError
+from core.config import Config, ConfigError
 from models import build_model
 from models.maskrcnn import MaskRCNNModel, _backbone_weights, build_maskrcnn, instances_to_probs
 

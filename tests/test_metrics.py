@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
+from inference.metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
 
 
 def masks(*pixel_lists, shape=(4, 4)) -> np.ndarray:

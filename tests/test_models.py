@@ -6,7 +6,7 @@ import segmentation_models_pytorch.encoders as smp_encoders
 import torch
 from torchvision.transforms.functional import normalize
 
-from engine.config import Config, ConfigError, ModelConfig
+from core.config import Config, ConfigError, ModelConfig
 from models import MODELS, build_model
 from models.unet import SegmentationModel, build_unet
 

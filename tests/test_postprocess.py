@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
+from core.config import PostprocessConfig
 from datasets.rle import rle_encode
 from datasets.severstal import write_mask_csv
-from engine.config import PostprocessConfig
-from engine.metrics import dice_from_counts, kaggle_score, pair_counts
-from engine.postprocess import PostProcess, _plateau_argmax, load_probs, save_probs, tune
+from inference.metrics import dice_from_counts, kaggle_score, pair_counts
+from inference.postprocess import PostProcess, _plateau_argmax, load_probs, save_probs, tune
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 32, 64

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from core import precision
+from core.config import load_config
 from core.precision import EmulatedBF16Warning, cpu_bf16_support, resolve_amp
-from engine.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs/kaggle").glob("*.yaml"))

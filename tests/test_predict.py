@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 import predict
+from core.checkpoint import save_checkpoint
+from core.classes import CLASS_IDS
+from core.config import ConfigError, PredictConfig, load_config, to_dict
+from core.distributed import init_distributed
 from datasets.rle import rle_decode, rle_encode
-from datasets.severstal import CLASS_IDS, COMPETITION, RERELEASED, write_mask_csv
-from engine import inference
-from engine.checkpoint import save_checkpoint
-from engine.config import ConfigError, PredictConfig, load_config, to_dict
-from engine.distributed import init_distributed
-from engine.inference import (
+from datasets.severstal import COMPETITION, RERELEASED, write_mask_csv
+from inference import predictor as predictor_module
+from inference.postprocess import PostProcess, load_probs
+from inference.predictor import (
     Journal,
     Predictor,
     class_map,
@@ -36,7 +38,6 @@ from engine.inference import (
     read_journals,
     same_size_groups,
 )
-from engine.postprocess import PostProcess, load_probs
 from models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def write_images(folder: Path, images: dict[str, np.ndarray]) -> Path:
     return folder
 
 
-def run_predict(checkpoints, images: Path, out: Path, *extra) -> inference.RunSummary:
+def run_predict(checkpoints, images: Path, out: Path, *extra) -> predictor_module.RunSummary:
     return predict.main(["--checkpoint", *map(str, checkpoints), "--images", str(images), "--out", str(out),
                          "--device", "cpu", "--predict.num_workers=0", *map(str, extra)])
 
@@ -156,7 +157,7 @@ def test_resume_predicts_only_unfinished_images(checkpoints, tmp_path, monkeypat
     images = write_images(tmp_path / "images", {n: noise_image(64, 64, seed=i) for i, n in enumerate(names)})
     tiles = ["--predict.tile=64", "--predict.stride=64", "--predict.batch_size=2"]
     out = tmp_path / "out"
-    real_write = inference.ResultWriter.write
+    real_write = predictor_module.ResultWriter.write
     written = []
 
     def write_then_die(self, name, *args):
@@ -165,12 +166,12 @@ def test_resume_predicts_only_unfinished_images(checkpoints, tmp_path, monkeypat
         real_write(self, name, *args)
         written.append(name)
 
-    monkeypatch.setattr(inference.ResultWriter, "write", write_then_die)
+    monkeypatch.setattr(predictor_module.ResultWriter, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_predict(checkpoints[:1], images, out, *tiles)
     assert sorted(read_journals(out / ".journal")) == written == names[:2]
 
-    monkeypatch.setattr(inference.ResultWriter, "write", real_write)
+    monkeypatch.setattr(predictor_module.ResultWriter, "write", real_write)
     real_predict = Predictor.predict_probs
     predicted = []
 

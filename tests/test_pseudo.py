@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.config import ConfigError, load_config
 from datasets.pseudo import pseudo_masks, select_confident, write_pseudo_csv
 from datasets.rle import rle_decode, rle_encode
 from datasets.severstal import AnnotationError, read_mask_table, write_mask_csv
-from engine.config import ConfigError, load_config
-from engine.data import build_train_dataset, load_run_data
-from engine.postprocess import PostProcess, save_probs
+from inference.postprocess import PostProcess, save_probs
+from training.data import build_train_dataset, load_run_data
 
 H, W = 32, 64
 LOW, HIGH = 0.25, 0.75  # exact in float16, so the bounds themselves are testable

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from datasets.severstal import Annotations
-from engine.data import WeightedShardSampler, class_balance_weights
+from training.data import WeightedShardSampler, class_balance_weights
 
 
 def annotations_with(label_sets):

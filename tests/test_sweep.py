@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_config
 from wandb.sdk.sweeps.scheduler.optuna import search_space_from_sweep_config
 
-from engine.sweep import (
+from workflows.hparam_sweep import (
     SweepError,
     check_parameters,
     describe,
@@ -336,8 +336,8 @@ def test_logger_applies_a_sweeps_dotted_keys_only_under_a_sweep():
     the return value tells train.py whether to check the model again."""
     from types import SimpleNamespace
 
-    from engine.config import Config
-    from engine.logger import RunLogger
+    from core.config import Config
+    from training.logger import RunLogger
 
     class RunConfig(dict):  # wandb.Config: a mapping with update(..., allow_val_change)
         def update(self, values, allow_val_change=False):

@@ -6,7 +6,7 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from engine.tiling import blend_weights, pad_to, predict_full_frame, predict_tiled, tile_starts, with_tta
+from inference.tiling import blend_weights, pad_to, predict_full_frame, predict_tiled, tile_starts, with_tta
 
 SIZES = [(256, 1600), (257, 1601), (100, 300)]  # (H, W)
 

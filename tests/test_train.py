@@ -15,12 +15,13 @@ import torch
 import yaml
 
 import train
+from core.checkpoint import load_checkpoint
+from core.config import to_dict
 from core.precision import resolve_amp
-from engine import logger as logger_module
-from engine import trainer as trainer_module
-from engine.checkpoint import load_checkpoint, load_model
-from engine.config import to_dict
-from engine.metrics import dice_from_counts, kaggle_score, pair_counts
+from inference.metrics import dice_from_counts, kaggle_score, pair_counts
+from models import load_model
+from training import logger as logger_module
+from training import trainer as trainer_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,8 +147,8 @@ def test_torchrun_two_processes_matches_single_process(tiny_data, tmp_path):
     assert result.stdout.count("epoch 1/1") == 1  # only rank 0 reports
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["val"]["n_images"] == 5  # odd count: no padded duplicates across ranks
-    from engine.config import load_config
-    from engine.data import load_run_data
+    from core.config import load_config
+    from training.data import load_run_data
 
     cfg = load_config(out / "config.yaml")
     val_ids = load_run_data(cfg).val_ids

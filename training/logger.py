@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, set_dotted, to_dict
-from .visualize import write_image
+from core.config import Config, set_dotted, to_dict
+from inference.visualize import write_image
 
 
 class RunLogger:

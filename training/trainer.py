@@ -17,17 +17,17 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core.config import Config, to_dict
+from core.distributed import DistInfo, broadcast_module_state, gather_objects, mean_across_ranks
 from core.precision import Precision, resolve_amp
+from core.progress import progress
+from inference.metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
+from inference.visualize import overlay_panel
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, to_dict
 from .data import train_loader, val_loader
-from .distributed import DistInfo, broadcast_module_state, gather_objects, mean_across_ranks
 from .logger import RunLogger
-from .metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
 from .optim import build_ema, build_optimizer, build_scheduler
-from .runtime import progress
-from .visualize import overlay_panel
 
 
 def to_device(obj, device: torch.device):

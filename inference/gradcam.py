@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .visualize import CLASS_NAMES
+from core.classes import CLASS_NAMES
 
 
 def grad_cam(model, images: torch.Tensor) -> torch.Tensor:

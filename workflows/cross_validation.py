@@ -16,14 +16,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from datasets.severstal import atomic_write_text
+from core.config import Config, load_config
+from core.files import atomic_write_text
+from core.progress import progress
 from datasets.splits import fold_image_ids, load_or_make_folds
-
-from .config import Config, load_config
-from .data import load_run_data, split_path
-from .inference import ImageFolder, Predictor, load_models
-from .postprocess import TuneResult, load_probs, save_probs, tune
-from .runtime import progress
+from inference.postprocess import PostProcess, TuneResult, load_probs, save_probs, tune
+from inference.predictor import ImageFolder, Predictor, load_models
+from training.data import load_run_data, split_path
 
 TrainFn = Callable[[list[str]], dict]
 
@@ -65,8 +64,6 @@ def predict_out_of_fold(cfg: Config, base: Path, folds: Sequence[int], device="c
 def tune_out_of_fold(cfg: Config, base: Path, image_ids: Sequence[str]) -> TuneResult:
     """Tune post-processing on the out-of-fold probabilities of ``image_ids``,
     starting from (and reporting "before" as) the config's settings."""
-    from .postprocess import PostProcess
-
     annotations = load_run_data(cfg).annotations
 
     def samples():

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
+from core.config import Config, ConfigError
+from core.distributed import DistInfo
 from datasets.augment import build_train_transform
 from datasets.instance import SeverstalInstances
 from datasets.semantic import SeverstalSegmentation
-from datasets.severstal import AnnotationError, Annotations
+from datasets.severstal import AnnotationError, Annotations, csv_image_ids
 from datasets.splits import fold_image_ids, load_or_make_folds, split_file_name
-
-from .config import Config, ConfigError
-from .distributed import DistInfo
-from .scoring import csv_image_ids
 
 
 @dataclass

@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.severstal import atomic_path
+from core.classes import CLASS_NAMES
+from core.files import atomic_path
 
 # BGR colours per class 1..4, distinct on grey steel.
 CLASS_COLORS = ((0, 0, 255), (0, 200, 255), (255, 128, 0), (255, 0, 255))
-CLASS_NAMES = ("1 pits", "2 cross scratch", "3 long scratch", "4 patch")
 
 
 def draw_outlines(image: np.ndarray, masks: np.ndarray, thickness: int = 2, fill_alpha: float = 0.0) -> np.ndarray:

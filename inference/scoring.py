@@ -11,11 +11,11 @@ which costs O(runs log runs) instead of O(H*W) per pair.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
+from core.classes import CLASS_IDS
 from datasets.rle import STRIP_SHAPE, parse_runs
-from datasets.severstal import CLASS_IDS, COMPETITION, detect_layout, read_mask_table, table_to_rles
+from datasets.severstal import csv_image_ids, read_mask_table, table_to_rles
 
 from .metrics import dice_from_counts, empty_baseline, kaggle_score
 
@@ -69,17 +69,6 @@ def score_rles(pred_rles: dict[str, dict[int, str]], true_rles: dict[str, dict[i
     result.update(empty_baseline=baseline["score"], empty_baseline_per_class=baseline["per_class"],
                   n_images=len(image_ids))
     return result
-
-
-def csv_image_ids(path) -> list[str]:
-    """Sorted ids of every image a Severstal csv names, rows with an empty mask
-    included (a submission lists its defect-free images that way)."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if detect_layout(raw.columns) == COMPETITION:
-        ids = raw["ImageId_ClassId"].str.rsplit("_", n=1).str[0]
-    else:
-        ids = raw["ImageId"]
-    return sorted(set(ids.astype(str).str.strip()))
 
 
 def score_csv(pred_path, truth_path, image_ids=None, shape=STRIP_SHAPE, progress: bool = False,

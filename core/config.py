@@ -20,6 +20,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .files import atomic_write_text
+
 
 class ConfigError(ValueError):
     """An unknown key or a bad value in a config file or override."""
@@ -357,6 +359,4 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path) -> None:
-    from datasets.severstal import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from datasets.severstal import CLASS_IDS, NUM_CLASSES, atomic_write_text
+from core.classes import CLASS_IDS, NUM_CLASSES
+from core.config import PostprocessConfig
+from core.files import atomic_write_text
 
-from .config import PostprocessConfig
 from .metrics import dice_from_counts, kaggle_score, pair_counts
 
 THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80

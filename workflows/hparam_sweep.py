@@ -34,7 +34,8 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from .config import ConfigError, load_config
+from core.config import ConfigError, load_config
+from models import check_model_config
 
 METHODS = ("bayes", "random", "grid")
 GOALS = ("maximize", "minimize")
@@ -209,8 +210,6 @@ def check_parameters(spec: SweepSpec, overrides: list[str] = ()) -> None:
     config and ``overrides`` (the model built with each, on the meta device),
     and that no override fixes a swept key.
     Raises SweepError naming the key."""
-    from models import check_model_config
-
     fixed = [o for o in overrides if o[2:].split("=", 1)[0] in spec.params]
     if fixed:
         raise SweepError(f"overrides {fixed} fix swept parameters; drop them or the parameter")

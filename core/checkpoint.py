@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors, numbers, strings and lists, so
 ``torch.load(path, weights_only=True)`` reads it (no pickled classes). The
-resolved config travels inside it as a nested dict.
+resolved config travels inside it as a nested dict; ``models.load_model``
+turns one back into a model.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.severstal import atomic_path
-
-from .config import Config, load_config
+from .files import atomic_path
 
 
 def save_checkpoint(state: dict, path) -> None:
@@ -53,21 +52,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def model_weights(ckpt: dict) -> dict:
-    """The weights to predict or fine-tune with: the EMA's when the run kept one."""
-    return ckpt.get("ema") or ckpt["model"]
-
-
-def load_model(path, device="cpu"):
-    """An eval-mode model and its Config from a checkpoint (EMA weights when the
-    run kept an EMA). See docs/CONTRACTS.md."""
-    from models import build_model
-
-    ckpt = load_checkpoint(path)
-    cfg: Config = load_config(base=ckpt["config"])
-    cfg.model.encoder_weights = None  # the trained weights replace any pretrained ones
-    model = build_model(cfg)
-    model.load_state_dict(model_weights(ckpt))
-    return model.to(device).eval(), cfg

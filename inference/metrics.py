@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datasets.severstal import CLASS_IDS
+from core.classes import CLASS_IDS
 
 
 def pair_counts(pred, truth) -> np.ndarray:

@@ -39,17 +39,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from core.classes import CLASS_IDS
+from core.config import Config, ConfigError, PredictConfig, load_config, to_dict
+from core.distributed import DistInfo, broadcast_object, gather_objects
+from core.files import atomic_write_text
 from core.precision import resolve_amp
+from core.progress import progress
 from datasets.io import ImageReadError, read_image, to_tensor
 from datasets.rle import rle_encode
-from datasets.severstal import CLASS_IDS, RERELEASED, atomic_write_text, list_images, write_mask_csv
+from datasets.severstal import RERELEASED, list_images, write_mask_csv
+from models import load_model
 
-from .checkpoint import load_model
-from .config import Config, ConfigError, PredictConfig, load_config, to_dict
-from .distributed import DistInfo, broadcast_object, gather_objects
 from .gradcam import cam_panel, grad_cam
 from .postprocess import PostProcess, save_probs
-from .runtime import progress
 from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
 from .visualize import overlay_panel, write_image
 

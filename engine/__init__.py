@@ -1,2 +1,0 @@
-"""The loop and everything around it: config, training, evaluation, metrics,
-checkpoints, distributed helpers, tiled inference and post-processing."""
