@@ -25,13 +25,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.cli import parse_with_overrides
 from core.config import ConfigError
 from core.distributed import cleanup, init_distributed
 from datasets.severstal import COMPETITION, RERELEASED
 from inference.postprocess import PostProcess
 from inference.predictor import SKIPPED, Predictor, RunSummary, load_models, predict_folder
 
-OVERRIDABLE = ("--predict.", "--postprocess.")
+OVERRIDABLE = ("predict", "postprocess")  # the config sections predict.py may override
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -50,11 +51,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--resume", action="store_true", help="keep the images an earlier run into OUT finished")
     parser.add_argument("--strict", action="store_true", help="exit non-zero when an image could not be read")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith(OVERRIDABLE) or "=" not in o]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: overrides look like --predict.key=value "
-                     "or --postprocess.key=value")
+    args, overrides = parse_with_overrides(parser, argv, sections=OVERRIDABLE)
     if args.full_frame:
         overrides.append("--predict.full_frame=true")
     return args, overrides
@@ -72,7 +69,7 @@ def report(summary: RunSummary) -> str:
 
 def main(argv=None) -> RunSummary:
     args, overrides = parse_args(argv)
-    dist_info = init_distributed(args.device)
+    dist_info = init_distributed(args.device, key="--device")
     try:
         models, cfg = load_models(args.checkpoint, overrides, dist_info.device)
         predictor = Predictor(models, cfg.predict, dist_info.device)

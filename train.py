@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.cli import parse_with_overrides
 from core.config import Config, ConfigError, load_config, save_config, to_dict
 from core.distributed import barrier, broadcast_object, cleanup, init_distributed
 from core.precision import Precision, resolve_amp
@@ -32,13 +33,9 @@ from workflows.hparam_sweep import sweep_output_dir
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file; holds only what differs from engine/config.py")
+    parser.add_argument("--config", help="YAML file; holds only what differs from core/config.py")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt if it exists")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: overrides look like --section.key=value")
-    return args, overrides
+    return parse_with_overrides(parser, argv)
 
 
 @contextmanager
@@ -76,8 +73,8 @@ def init_weights(model, path, verbose: bool) -> None:
 
 def describe_model(cfg: Config) -> str:
     if cfg.model.name == "maskrcnn":
-        return f"maskrcnn ({cfg.model.backbone}-FPN)"
-    return f"{cfg.model.name} ({cfg.model.arch}/{cfg.model.encoder})"
+        return f"maskrcnn ({cfg.model.maskrcnn.backbone}-FPN)"
+    return f"smp {cfg.model.smp.arch}/{cfg.model.smp.encoder}"
 
 
 def main(argv=None) -> dict:

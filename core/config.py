@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -25,6 +26,10 @@ from .files import atomic_write_text
 
 class ConfigError(ValueError):
     """An unknown key or a bad value in a config file or override."""
+
+
+class ConfigWarning(UserWarning):
+    """A config written for an older schema: it still loads, translated."""
 
 
 @dataclass
@@ -77,29 +82,37 @@ class AugmentConfig:
     rotate_limit: float = 5.0  # degrees
 
 
-@dataclass
-class ModelConfig:
-    name: Literal["unet", "maskrcnn"] = "unet"  # a key of models.MODELS
-    arch: str = "Unet"  # smp architecture: Unet, FPN, UnetPlusPlus, Linknet, PSPNet, DeepLabV3Plus, ...
+@dataclass(slots=True)  # a misspelt attribute is an error, not a new field
+class SmpConfig:
+    """``model.name: smp``: any segmentation_models_pytorch architecture and encoder."""
+
+    arch: str = "Unet"  # Unet, FPN, UnetPlusPlus, Linknet, PSPNet, DeepLabV3Plus, ...
     encoder: str = "resnet34"  # any smp or timm ("tu-...") encoder
-    encoder_weights: Optional[str] = None  # "imagenet" needs internet; None never downloads
-    num_classes: int = 4
+    encoder_weights: Optional[str] = None  # the encoder's pretrained weights by smp's name ("imagenet": needs
+                                           # internet); None never downloads
     classification_head: bool = False  # image-level class logits from the encoder (gates masks)
     cls_pooling: Literal["avg", "max"] = "avg"  # the head's pooling (smp's default). max reads a crop and a
-                                                # whole strip alike, but scored lower out of fold (README)
+                                                # whole strip alike, but scored lower out of fold
+                                                # (docs/EXPERIMENTS.md)
     # further keyword arguments of the smp architecture, e.g. {decoder_attention_type: scse} for a Unet or
-    # {decoder_segmentation_channels: 64} for an FPN. --model.arch_kwargs.<name>=... sets one and keeps
-    # the others; --model.arch_kwargs={...} replaces them all
+    # {decoder_segmentation_channels: 64} for an FPN. --model.smp.arch_kwargs.<name>=... sets one and keeps
+    # the others; --model.smp.arch_kwargs={...} replaces them all
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
-    # Mask R-CNN
+
+
+@dataclass(slots=True)  # a misspelt attribute is an error, not a new field
+class MaskRCNNConfig:
+    """``model.name: maskrcnn``: torchvision's Mask R-CNN with a ResNet-FPN backbone."""
+
     backbone: str = "resnet50"  # resnet50 | resnet50_v2 | resnet18
+    backbone_weights: Optional[str] = None  # "imagenet": torchvision's ImageNet classifier weights for the
+                                            # backbone only, never a COCO detector (needs internet); None never
+                                            # downloads
     trainable_backbone_layers: int = 5
     anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.125, 0.5, 1.0, 2.0, 8.0])
     detections_per_image: int = 100
-    score_threshold: float = 0.05
-    mask_threshold: float = 0.5
+    score_threshold: float = 0.05  # detections below it are dropped before they are painted into probabilities
     # proposal and RoI budgets (torchvision's defaults); on CPU the mask head's cost is set by
     # box_batch_size_per_image (a quarter of it, at most, are positives that reach the mask head)
     rpn_pre_nms_top_n_train: int = 2000  # per FPN level
@@ -111,7 +124,18 @@ class ModelConfig:
     fpn_channels: int = 256  # FPN width, which the RPN, box and mask heads inherit (torchvision: 256)
 
 
-# ModelConfig's proposal, RoI and width budgets: validated >= 1; scripts/bench_maskrcnn.py resets them
+@dataclass(slots=True)  # a misspelt attribute is an error, not a new field
+class ModelConfig:
+    """Four classes always (the Severstal ones, core/classes.py); the section
+    of the chosen ``name`` is read, the other ignored."""
+
+    name: Literal["smp", "maskrcnn"] = "smp"  # a key of models.MODELS
+    init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
+    smp: SmpConfig = field(default_factory=SmpConfig)
+    maskrcnn: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
+
+
+# MaskRCNNConfig's proposal, RoI and width budgets: validated >= 1; scripts/bench_maskrcnn.py resets them
 MASKRCNN_BUDGETS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                     "rpn_post_nms_top_n_test", "box_batch_size_per_image", "mask_head_channels", "fpn_channels")
 
@@ -213,6 +237,58 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
+STORED = "stored config"  # the source name of a checkpoint's config: older schemas load quietly
+
+# ---------------------------------------------------------------- older schemas
+
+# The flat model section of checkpoints and configs written before smp and Mask R-CNN keys were
+# separated: each key and where it lives now (encoder_weights goes by model.name).
+_FLAT_SMP_KEYS = ("arch", "encoder", "classification_head", "cls_pooling", "arch_kwargs")
+_FLAT_MASKRCNN_KEYS = ("backbone", "trainable_backbone_layers", "anchor_sizes", "aspect_ratios",
+                       "detections_per_image", "score_threshold", *MASKRCNN_BUDGETS)
+_GONE_MODEL_KEYS = {"num_classes": "always 4, the Severstal classes", "mask_threshold": "it was read by nothing"}
+
+
+def _moved_model_key(key: str, maskrcnn: bool) -> str | None:
+    """Where the flat ``model.<key>`` lives now (``smp.arch``), or None if it did not move."""
+    if key in _FLAT_SMP_KEYS or (key == "encoder_weights" and not maskrcnn):
+        return f"smp.{key}"
+    if key in _FLAT_MASKRCNN_KEYS:
+        return f"maskrcnn.{key}"
+    if key == "encoder_weights":
+        return "maskrcnn.backbone_weights"
+    return None
+
+
+def upgrade_model_section(data: dict, current_name: str, source: str) -> dict:
+    """The model section ``data`` in today's schema: flat keys moved under
+    ``smp.`` or ``maskrcnn.``, ``name: unet`` read as ``smp``, gone keys
+    dropped (``num_classes`` must be 4). Warns (ConfigWarning) naming each
+    change unless ``source`` is a stored config (an old checkpoint loads
+    quietly)."""
+    data, notes = dict(data), []
+    if data.get("name") == "unet":
+        data["name"] = "smp"
+        notes.append("model.name 'unet' is now 'smp' (it builds any smp architecture)")
+    maskrcnn = data.get("name", current_name) == "maskrcnn"
+    for key in [k for k in data if k in _GONE_MODEL_KEYS]:
+        value = data.pop(key)
+        if key == "num_classes" and value != 4:
+            raise ConfigError(f"{source}: 'model.num_classes' = {value!r}: the Severstal data has 4 classes")
+        notes.append(f"model.{key} is gone ({_GONE_MODEL_KEYS[key]})")
+    for key in list(data):
+        moved = _moved_model_key(key, maskrcnn)
+        if moved:
+            section, new = moved.split(".")
+            data.setdefault(section, {})
+            if isinstance(data[section], dict):
+                data[section] = {new: data.pop(key), **data[section]}
+            notes.append(f"model.{key} is now model.{moved}")
+    if notes and source != STORED:
+        warnings.warn(f"{source}: " + "; ".join(notes), ConfigWarning, stacklevel=2)
+    return data
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -221,7 +297,7 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     file at ``path``, then ``--section.key=value`` overrides."""
     cfg = Config()
     if base:
-        apply_dict(cfg, base, source="stored config")
+        apply_dict(cfg, base, source=STORED)
     if path:
         path = Path(path)
         if not path.is_file():
@@ -237,6 +313,8 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
 
 def apply_dict(cfg, data: dict, source: str, prefix: str = "") -> None:
     """Set fields of the dataclass ``cfg`` from a nested mapping, type-checked."""
+    if isinstance(cfg, ModelConfig):
+        data = upgrade_model_section(data, cfg.name, source)
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -265,9 +343,15 @@ def apply_overrides(cfg: Config, overrides) -> None:
 
 def set_dotted(cfg: Config, dotted: str, value, source: str) -> None:
     """Set one key; past a mapping field the rest of the path names one of
-    its entries (``model.arch_kwargs.upsampling``), which is set and the
-    others kept, while the field itself (``model.arch_kwargs``) is replaced."""
+    its entries (``model.smp.arch_kwargs.upsampling``), which is set and the
+    others kept, while the field itself (``model.smp.arch_kwargs``) is replaced."""
     parts, node = dotted.split("."), cfg
+    moved = None
+    if parts[0] == "model" and len(parts) > 1:
+        moved = _moved_model_key(parts[1], cfg.model.name == "maskrcnn")
+    if moved:  # a flat key of the older schema, e.g. a sweep's --model.arch_kwargs.upsampling=2
+        warnings.warn(f"{source}: model.{parts[1]} is now model.{moved}", ConfigWarning, stacklevel=2)
+        parts = ["model", *moved.split("."), *parts[2:]]
     for i, part in enumerate(parts[:-1]):
         node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
         if isinstance(node, dict):
@@ -337,10 +421,12 @@ def validate(cfg: Config) -> None:
         (cfg.train.val_every >= 1, "train.val_every", "must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (0 < cfg.predict.stride <= cfg.predict.tile, "predict.stride", "must be in 1..predict.tile"),
+        (cfg.predict.tile > 0 and cfg.predict.tile % 32 == 0, "predict.tile",
+         "must be a positive multiple of 32 (the encoders downsample by 32)"),
         (0.0 <= cfg.train.ema < 1.0, "train.ema", "must be in [0, 1)"),
     ]
     for name in MASKRCNN_BUDGETS:
-        checks.append((getattr(cfg.model, name) >= 1, f"model.{name}", "must be >= 1"))
+        checks.append((getattr(cfg.model.maskrcnn, name) >= 1, f"model.maskrcnn.{name}", "must be >= 1"))
     for name in ("threshold", "min_component_area", "min_total_area", "gate"):
         checks.append((len(getattr(cfg.postprocess, name)) == 4, f"postprocess.{name}", "needs 4 values, one per class"))
     checks.append((len(cfg.loss.pos_weight) == 4, "loss.pos_weight", "needs 4 values, one per class"))

@@ -27,36 +27,51 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' picks cuda:<local_rank> when CUDA is present, else the CPU."""
+_users = 0  # init_distributed calls not yet matched by cleanup(): the last cleanup ends the group
+_created = False  # whether init_distributed made the group (one made by a caller is left to it)
+
+
+def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """'auto' picks cuda:<local_rank> when CUDA is present, else the CPU.
+    ``key`` names the setting in errors (``--device`` of a script)."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but CUDA is not available")
+            raise RuntimeError(f"{key}={name} but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+def init_distributed(device_name: str = "auto", key: str = "train.device") -> DistInfo:
+    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on
+    CPU). Calls nest: a workflow that inits once and runs ``train.main`` per
+    fold keeps one group, which only the outermost ``cleanup()`` destroys
+    (gloo's rendezvous fails at random when a group is made again and again)."""
+    global _users, _created
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, key)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        _created = True
+    _users += 1
     return DistInfo(rank, world_size, local_rank, device)
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Match one ``init_distributed``; the last destroys the group it made."""
+    global _users, _created
+    _users = max(0, _users - 1)
+    if _users == 0 and _created and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        _created = False
 
 
 def barrier() -> None:

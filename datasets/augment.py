@@ -1,4 +1,4 @@
-"""Albumentations training presets built from ``engine.config.AugmentConfig``.
+"""Albumentations training presets built from ``core.config.AugmentConfig``.
 
 A preset is called as ``transform(image=uint8 [H, W, 3], masks=uint8 [4, H, W])``
 and returns the same keys and shapes; geometric transforms move the image and

@@ -38,7 +38,7 @@ def select_confident(probs: np.ndarray, class_probs: np.ndarray | None, low: flo
 def pseudo_masks(probs: np.ndarray, class_probs: np.ndarray | None, postprocess: Callable,
                  low: float, high: float) -> np.ndarray | None:
     """uint8 [4, H, W] in {0, 1}: ``postprocess(probs, class_probs)`` (e.g. an
-    ``engine.postprocess.PostProcess``) with the classes scored ``<= low``
+    ``inference.postprocess.PostProcess``) with the classes scored ``<= low``
     emptied. None when a class scored ``>= high`` comes out empty (e.g. under
     a minimum area): that label would contradict its score."""
     scores = class_scores(probs, class_probs)

@@ -5,7 +5,7 @@ Randomness (crop positions, and a fresh seed for the Albumentations
 transform at every item) comes from torch: from the dataset's own generator
 once ``set_seed`` has been called, else from torch's global generator, which
 ``torch.manual_seed`` fixes and DataLoader seeds differently in every worker.
-Call ``set_seed`` inside each worker (``engine.data.seed_worker`` does), not
+Call ``set_seed`` inside each worker (``training.data.seed_worker`` does), not
 once before the workers start, or they would all copy one sequence.
 """
 

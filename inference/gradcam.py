@@ -3,7 +3,7 @@ each class lies, for inspectors who want to see why a strip was flagged.
 
 Works with any model that exposes ``encoder_features(images)`` and
 ``classify_features(features)`` (a segmentation model built with
-``model.classification_head``).
+``model.smp.classification_head``).
 """
 
 from __future__ import annotations

@@ -71,3 +71,29 @@ def empty_baseline(truth_nonempty: np.ndarray) -> dict:
     """Score of the all-empty submission, from a bool matrix [N, 4] that says
     which truth masks are non-empty."""
     return kaggle_score(np.where(np.asarray(truth_nonempty, bool), 0.0, 1.0))
+
+
+def per_class_table(rows: dict[str, dict], digits: int = 4) -> str:
+    """A text table of per-class results, one line per entry of ``rows``:
+    label -> {"per_class": {"1": v, .., "4": v}, "score": v}, as
+    ``kaggle_score`` returns ("score" may be missing: a blank cell). Columns:
+    score, class 1..4; floats printed with ``digits`` decimals, ints as ints.
+    Raises ValueError naming the row whose per_class keys are not "1".."4"."""
+    keys = [str(c) for c in CLASS_IDS]
+    label_width = max(map(len, rows), default=0) + 2
+    width = max(digits + 5, len("class 4") + 2)
+    lines = [" " * label_width + f"{'score':>{width}}" + "".join(f"{'class ' + k:>{width}}" for k in keys)]
+    for label, row in rows.items():
+        if sorted(row["per_class"]) != keys:
+            raise ValueError(f"row {label!r}: per_class has keys {sorted(row['per_class'])}, expected {keys}")
+        cells = [row.get("score")] + [row["per_class"][k] for k in keys]
+        lines.append(f"{label:<{label_width}}" + "".join(_cell(v, width, digits) for v in cells))
+    return "\n".join(lines)
+
+
+def _cell(value, width: int, digits: int) -> str:
+    if value is None:
+        return " " * width
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{value:>{width}d}"
+    return f"{value:>{width}.{digits}f}"

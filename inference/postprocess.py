@@ -13,8 +13,9 @@ Per class c (channel c = class c+1), in this order:
    ``gate[c]`` (gate 0 = off).
 
 The metric's classes are independent, so ``tune`` picks each class's
-settings separately. Probability maps travel between predict.py and the
-tuner as ``<image stem>.npz`` files (``save_probs`` / ``load_probs``).
+settings separately. Probability maps travel between predict.py (or
+cross-validation) and the tuner as ``<image stem>.npz`` files (``save_probs``,
+``probs_path``; read back with their truth by ``labelled_probs``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -33,6 +34,8 @@ from scipy import ndimage
 from core.classes import CLASS_IDS, NUM_CLASSES
 from core.config import PostprocessConfig
 from core.files import atomic_write_text
+from core.progress import progress
+from datasets.severstal import Annotations
 
 from .metrics import dice_from_counts, kaggle_score, pair_counts
 
@@ -134,11 +137,35 @@ def save_probs(path, probs, class_probs=None) -> None:
     os.replace(tmp, path)
 
 
+def probs_path(folder, image_id: str) -> Path:
+    """Where ``save_probs`` output of image ``image_id`` lives in ``folder``: ``<stem>.npz``."""
+    return Path(folder) / f"{Path(image_id).stem}.npz"
+
+
 def load_probs(path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probs float32 [4, H, W], class_probs float32 [4] or None) from ``save_probs``."""
+    """(probs float32 [4, H, W], class_probs float32 [4] or None) from ``save_probs``.
+    Raises FileNotFoundError or ValueError naming ``path``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"probability file not found: {path}")
     with np.load(path) as data:
+        if "probs" not in data:
+            raise ValueError(f"{path} has no 'probs' array (it holds {sorted(data.files)}); "
+                             "expected a file written by save_probs (predict.py --save-probs)")
         class_probs = data["class_probs"].astype(np.float32) if "class_probs" in data else None
         return data["probs"].astype(np.float32), class_probs
+
+
+def labelled_probs(files: Mapping[str, Path], annotations: Annotations, show: bool = False) -> Iterator[tuple]:
+    """One pass over saved probabilities with their truth, the samples ``tune``
+    takes. ``files``: image id -> npz of ``save_probs``. Yields ``(probs float32
+    [4, H, W], truth uint8 [4, H, W])``, or ``(probs, truth, class_probs float32
+    [4])`` when the npz has class probabilities; the truth is
+    ``annotations.masks(image_id)`` at the probabilities' size (an image with
+    no masks is defect-free). One file in memory at a time."""
+    for image_id, path in progress(files.items(), show, total=len(files), desc="tuning", unit="img"):
+        probs, class_probs = load_probs(path)
+        truth = annotations.masks(image_id, probs.shape[1:])
+        yield (probs, truth) if class_probs is None else (probs, truth, class_probs)
 
 
 # ---------------------------------------------------------------- tuning

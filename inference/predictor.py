@@ -10,6 +10,10 @@ line in a per-rank journal. The submission is written at the end from the
 journals, so memory holds RLE strings only and an interrupted run resumes
 where it stopped.
 
+``predict_probs_files`` runs the same loop (workers, batches, shards) for a
+list of images and writes probabilities only, ``<stem>.npz`` each: the
+out-of-fold predictions of cross-validation.
+
 Output folder (shared by every rank: one machine, or a shared file system):
 - ``submission.csv``: every finished image x class 1..4, each class's
   post-processed mask as is (classes are scored independently, so overlaps
@@ -51,9 +55,9 @@ from datasets.severstal import RERELEASED, list_images, write_mask_csv
 from models import load_model
 
 from .gradcam import cam_panel, grad_cam
-from .postprocess import PostProcess, save_probs
+from .postprocess import PostProcess, probs_path, save_probs
 from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
-from .visualize import overlay_panel, write_image
+from .visualize import overlay_panel, to_bgr_uint8, write_image
 
 JOURNAL_DIR = ".journal"
 SUBMISSION = "submission.csv"
@@ -132,7 +136,7 @@ class Predictor:
         """Grad-CAM of the classification heads, averaged over the models that
         have one: float32 [B, 4, H, W] in [0, 1], on the CPU."""
         if not self.class_models:
-            raise ConfigError("--gradcam needs a model with a classification head (model.classification_head)")
+            raise ConfigError("--gradcam needs a model with a classification head (model.smp.classification_head)")
         images = images.to(self.device)
         return (sum(grad_cam(model, images) for model in self.class_models) / len(self.class_models)).cpu()
 
@@ -247,12 +251,6 @@ def class_map(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where(masks.any(0), scores.argmax(0) + 1, 0).astype(np.uint8)
 
 
-def to_bgr_uint8(image: torch.Tensor) -> np.ndarray:
-    """float32 [3, H, W] RGB in [0, 1] -> uint8 [H, W, 3] BGR (for cv2)."""
-    rgb = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return np.ascontiguousarray(rgb[..., ::-1])
-
-
 class ResultWriter:
     """Post-processes one image and writes its outputs under ``out_dir``
     (masks always, probs and overlays when asked), then its journal record:
@@ -272,7 +270,7 @@ class ResultWriter:
         stem = Path(name).stem
         write_image(self.out_dir / "masks" / f"{stem}.png", class_map(masks, probs.numpy()))
         if self.save_probs:
-            save_probs(self.out_dir / "probs" / f"{stem}.npz", probs, class_probs)
+            save_probs(probs_path(self.out_dir / "probs", name), probs, class_probs)
         if self.overlays:
             overlay = overlay_panel(to_bgr_uint8(image), masks, title=name)
             write_image(self.out_dir / "overlays" / f"{stem}.jpg", overlay)
@@ -283,6 +281,25 @@ class ResultWriter:
 
     def skip(self, name: str, error: Exception) -> None:
         self.journal.append({"image": name, "error": str(error)})
+
+
+class ProbsWriter:
+    """Writes each image's probabilities to ``out_dir/<stem>.npz``
+    (``save_probs``; the file appears whole or not at all, so it marks the
+    image done). An unreadable image stops the run with its error."""
+
+    gradcam = False
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+
+    def write(self, name: str, image: torch.Tensor, probs: torch.Tensor, class_probs: torch.Tensor | None,
+              cams: torch.Tensor | None = None) -> None:
+        """probs: float32 [4, H, W] in [0, 1]; class_probs: float32 [4] or None."""
+        save_probs(probs_path(self.out_dir, name), probs, class_probs)
+
+    def skip(self, name: str, error: Exception) -> None:
+        raise error
 
 
 # ---------------------------------------------------------------- the run
@@ -311,26 +328,58 @@ def predict_folder(predictor: Predictor, postprocess: PostProcess, image_dir, ou
     if any(postprocess.gate) and not predictor.has_class_probs:
         raise ConfigError(f"postprocess.gate={postprocess.gate} needs a model with a classification head")
     if gradcam and not predictor.has_class_probs:
-        raise ConfigError("--gradcam needs a model with a classification head (model.classification_head)")
+        raise ConfigError("--gradcam needs a model with a classification head (model.smp.classification_head)")
     todo = broadcast_object(_todo(names, journal_dir, resume) if dist_info.is_main else None)
-    mine = todo[dist_info.rank :: dist_info.world_size]
     with Journal(journal_dir / f"rank{dist_info.rank}.jsonl") as journal:
         writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam)
-        n_predicted = _predict_images(predictor, ImageFolder(image_dir, mine), writer, dist_info.is_main)
+        n_predicted = _predict_images(predictor, ImageFolder(image_dir, shard(todo, dist_info)), writer,
+                                      dist_info.is_main)
     n_predicted = sum(gather_objects(n_predicted))  # a collective: past it, every rank's journal is closed
     summary = _write_submission(out_dir, names, layout, n_predicted) if dist_info.is_main else None
     return broadcast_object(summary)
 
 
+def predict_probs_files(predictor: Predictor, image_dir, names: Sequence[str], out_dir,
+                        dist_info: DistInfo) -> int:
+    """Predict the images ``names`` of ``image_dir`` into ``out_dir/<stem>.npz``
+    (``save_probs``: probs float16 [4, H, W], class_probs float32 [4] when
+    the models have a head), batched and sharded over ranks as
+    ``predict_folder`` does; every rank passes the same ``names`` (e.g. from
+    ``missing_probs``). An unreadable image raises its ImageReadError. Returns
+    how many images every rank together predicted; a collective: when it
+    returns, every rank's files are written."""
+    _check_stems(names, image_dir)
+    n_predicted = _predict_images(predictor, ImageFolder(image_dir, shard(names, dist_info)), ProbsWriter(out_dir),
+                                  dist_info.is_main)
+    return sum(gather_objects(n_predicted))
+
+
+def missing_probs(out_dir, names: Sequence[str], dist_info: DistInfo) -> list[str]:
+    """The images of ``names``, in order, with no ``out_dir/<stem>.npz`` yet:
+    rank 0's view, on every rank, so that every rank shards the same list."""
+    missing = [name for name in names if not probs_path(out_dir, name).is_file()] if dist_info.is_main else None
+    return broadcast_object(missing)
+
+
+def shard(names: Sequence[str], dist_info: DistInfo) -> list[str]:
+    """This rank's share of ``names``: every world_size-th, from its rank."""
+    return list(names[dist_info.rank :: dist_info.world_size])
+
+
 def _listing(image_dir) -> list[str]:
-    """The images of ``image_dir``, sorted; their stems name the outputs, so they must differ."""
+    """The images of ``image_dir``, sorted, with distinct stems."""
     names = list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images in {image_dir}")
+    _check_stems(names, image_dir)
+    return names
+
+
+def _check_stems(names: Sequence[str], image_dir) -> None:
+    """Raise ValueError naming the shared stems: an image's stem names its output files, so they must differ."""
     shared = [stem for stem, n in Counter(Path(name).stem for name in names).items() if n > 1]
     if shared:
         raise ValueError(f"images in {image_dir} share the file stems {shared[:4]}, which name their outputs")
-    return names
 
 
 def _todo(names: list[str], journal_dir: Path, resume: bool) -> list[str]:

@@ -38,7 +38,7 @@ def runs_overlap(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarr
 
 def image_pair_counts(pred: dict[int, str], truth: dict[int, str], shape=STRIP_SHAPE) -> np.ndarray:
     """Dice counts of one image: int64 [4, 3] = |X n Y|, |X|, |Y| per class
-    (row c is class c+1), as engine.metrics.pair_counts gives for decoded
+    (row c is class c+1), as inference.metrics.pair_counts gives for decoded
     masks. ``pred``/``truth`` map class id to RLE string; missing is empty."""
     counts = np.zeros((len(CLASS_IDS), 3), np.int64)
     for i, class_id in enumerate(CLASS_IDS):

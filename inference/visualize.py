@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from core.classes import CLASS_NAMES
 from core.files import atomic_path
@@ -62,3 +63,9 @@ def write_image(path: Path, image: np.ndarray) -> None:
         raise OSError(f"cv2 cannot encode an image of shape {image.shape} as {path.suffix}: {path}")
     with atomic_path(path) as tmp:
         tmp.write_bytes(encoded.tobytes())
+
+
+def to_bgr_uint8(image: torch.Tensor) -> np.ndarray:
+    """float32 [3, H, W] RGB in [0, 1] -> uint8 [H, W, 3] BGR (for cv2)."""
+    rgb = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    return np.ascontiguousarray(rgb[..., ::-1])

@@ -1,6 +1,6 @@
 """Model builders behind one explicit registry, and the losses.
 
-Every builder takes the resolved ``engine.config.Config`` and returns an
+Every builder takes the resolved ``core.config.Config`` and returns an
 ``nn.Module`` that follows docs/CONTRACTS.md: ``target_kind`` names the dataset
 it trains on; train mode returns a dict of losses, eval mode per-class
 probabilities float32 [B, 4, H, W] in [0, 1].
@@ -17,9 +17,9 @@ from core.checkpoint import load_checkpoint
 from core.config import Config, ConfigError, load_config
 
 from .maskrcnn import build_maskrcnn
-from .unet import build_unet
+from .smp_models import build_smp
 
-MODELS = {"unet": build_unet, "maskrcnn": build_maskrcnn}
+MODELS = {"smp": build_smp, "maskrcnn": build_maskrcnn}
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -34,7 +34,7 @@ def check_model_config(cfg: Config) -> None:
     built on the meta device with encoder weights off, so nothing is
     allocated or downloaded."""
     cfg = copy.deepcopy(cfg)
-    cfg.model.encoder_weights = None
+    _no_download(cfg)
     with torch.device("meta"):
         build_model(cfg)
 
@@ -49,7 +49,13 @@ def load_model(path, device="cpu") -> tuple[nn.Module, Config]:
     run kept an EMA). See docs/CONTRACTS.md."""
     ckpt = load_checkpoint(path)
     cfg = load_config(base=ckpt["config"])
-    cfg.model.encoder_weights = None  # the trained weights replace any pretrained ones
+    _no_download(cfg)  # the trained weights replace any pretrained ones
     model = build_model(cfg)
     model.load_state_dict(model_weights(ckpt))
     return model.to(device).eval(), cfg
+
+
+def _no_download(cfg: Config) -> None:
+    """Pretrained weights off for every model kind: nothing is downloaded."""
+    cfg.model.smp.encoder_weights = None
+    cfg.model.maskrcnn.backbone_weights = None

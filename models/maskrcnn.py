@@ -23,7 +23,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from core.config import Config, ConfigError, ModelConfig
+from core.classes import NUM_CLASSES
+from core.config import Config, ConfigError, MaskRCNNConfig
 
 FPN_LEVELS = 5  # feature maps '0'..'3' and 'pool' of every backbone below
 MASK_HEAD_CHANNELS = 256  # torchvision's mask head width
@@ -111,29 +112,29 @@ def instances_to_probs(detections: dict[str, Tensor], height: int, width: int, n
     return probs.view(num_classes, height, width)
 
 
-def strip_anchor_generator(m: ModelConfig) -> AnchorGenerator:
+def strip_anchor_generator(m: MaskRCNNConfig) -> AnchorGenerator:
     """One anchor size per FPN level, every aspect ratio (height / width) at each."""
     if len(m.anchor_sizes) != FPN_LEVELS:
-        raise ConfigError(f"model.anchor_sizes needs {FPN_LEVELS} values, one per FPN level; got {m.anchor_sizes}")
+        raise ConfigError(f"model.maskrcnn.anchor_sizes needs {FPN_LEVELS} values, one per FPN level; got {m.anchor_sizes}")
     sizes = tuple((size,) for size in m.anchor_sizes)
     return AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(m.aspect_ratios),) * FPN_LEVELS)
 
 
-def _backbone_weights(m: ModelConfig):
-    """ImageNet weights for ``m.backbone`` when ``m.encoder_weights == "imagenet"``, else None."""
-    if m.encoder_weights not in (None, "imagenet"):
-        raise ConfigError(f"model.encoder_weights for Mask R-CNN must be null or 'imagenet', got {m.encoder_weights!r}")
-    return IMAGENET_WEIGHTS[m.backbone] if m.encoder_weights == "imagenet" else None
+def _backbone_weights(m: MaskRCNNConfig):
+    """ImageNet weights for ``m.backbone`` when ``m.backbone_weights == "imagenet"``, else None."""
+    if m.backbone_weights not in (None, "imagenet"):
+        raise ConfigError(f"model.maskrcnn.backbone_weights must be null or 'imagenet', got {m.backbone_weights!r}")
+    return IMAGENET_WEIGHTS[m.backbone] if m.backbone_weights == "imagenet" else None
 
 
-def _torchvision_maskrcnn(m: ModelConfig, **kwargs) -> MaskRCNN:
+def _torchvision_maskrcnn(m: MaskRCNNConfig, **kwargs) -> MaskRCNN:
     """The Mask R-CNN named by ``m.backbone``; no pretrained detector, backbone
-    weights only from ``m.encoder_weights``. As torchvision does, a backbone
+    weights only from ``m.backbone_weights``. As torchvision does, a backbone
     trained from scratch keeps all layers and BatchNorm trainable."""
     weights = _backbone_weights(m)
     trainable = m.trainable_backbone_layers if weights is not None else None
     if m.fpn_channels != FPN_CHANNELS and m.backbone == "resnet50_v2":
-        raise ConfigError(f"model.fpn_channels must be {FPN_CHANNELS} for resnet50_v2 (its heads are fixed); "
+        raise ConfigError(f"model.maskrcnn.fpn_channels must be {FPN_CHANNELS} for resnet50_v2 (its heads are fixed); "
                           f"got {m.fpn_channels}")
     standard = m.fpn_channels == FPN_CHANNELS
     if m.backbone == "resnet50" and standard:
@@ -154,17 +155,17 @@ def _torchvision_maskrcnn(m: ModelConfig, **kwargs) -> MaskRCNN:
 
 
 def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
-    """Mask R-CNN for ``cfg.model.num_classes`` defect classes (+ background).
+    """Mask R-CNN for the 4 defect classes (+ background), from ``cfg.model.maskrcnn``.
 
     Images are never rescaled (:class:`NativeResolution`): crops, tiles and
     whole 256x1600 strips are seen at the same scale.
     """
-    m = cfg.model
+    m = cfg.model.maskrcnn
     if m.backbone not in IMAGENET_WEIGHTS:
-        raise ConfigError(f"unknown model.backbone {m.backbone!r}; valid: {sorted(IMAGENET_WEIGHTS)}")
+        raise ConfigError(f"unknown model.maskrcnn.backbone {m.backbone!r}; valid: {sorted(IMAGENET_WEIGHTS)}")
     net = _torchvision_maskrcnn(
         m,
-        num_classes=m.num_classes + 1,
+        num_classes=NUM_CLASSES + 1,
         box_detections_per_img=m.detections_per_image,
         box_score_thresh=m.score_threshold,
         rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
@@ -185,5 +186,5 @@ def build_maskrcnn(cfg: Config) -> MaskRCNNModel:
         norm = nn.BatchNorm2d if m.backbone == "resnet50_v2" else None
         width = m.mask_head_channels
         net.roi_heads.mask_head = MaskRCNNHeads(net.backbone.out_channels, [width] * 4, 1, norm_layer=norm)
-        net.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, m.num_classes + 1)
-    return MaskRCNNModel(net, m.num_classes)
+        net.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, NUM_CLASSES + 1)
+    return MaskRCNNModel(net, NUM_CLASSES)

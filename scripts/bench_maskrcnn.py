@@ -2,8 +2,9 @@
 
     python scripts/bench_maskrcnn.py [--config configs/maskrcnn_demo_cpu.yaml] [--steps 8]
 
-Times forward + backward + optimiser step (the precision train.amp resolves to, this process's
-torch threads) on the same training crops for three settings of the same
+Times the Trainer's ``train_step`` (forward, backward, the config's clipping and
+optimiser step, in the precision train.amp resolves to, this process's torch
+threads) on the same training crops for three settings of the same
 ResNet-18-FPN: torchvision's defaults on 256x256 crops; the config's proposal,
 RoI, mask-head and FPN budgets on 256x256 crops; the config as it is (its
 crop size too). Each model takes 2 untimed steps first; the crops are the
@@ -20,42 +21,38 @@ from pathlib import Path
 
 import torch
 
-from core.config import MASKRCNN_BUDGETS, ConfigError, ModelConfig, load_config
-from core.precision import machine_summary, resolve_amp
+from core.cli import CONFIGS, parse_with_overrides
+from core.config import MASKRCNN_BUDGETS, ConfigError, MaskRCNNConfig, load_config
+from core.precision import Precision, machine_summary, resolve_amp
 from datasets.synthetic import make_dataset
 from models import build_model
 from training.data import build_train_dataset, load_run_data
-from training.optim import build_optimizer
+from training.trainer import local_trainer
 
 
 def torchvision_budgets() -> list[str]:
     """Overrides that put every budget back to torchvision's default."""
-    defaults = ModelConfig()
-    return [f"--model.{key}={getattr(defaults, key)}" for key in MASKRCNN_BUDGETS]
+    defaults = MaskRCNNConfig()
+    return [f"--model.maskrcnn.{key}={getattr(defaults, key)}" for key in MASKRCNN_BUDGETS]
 
 
-def seconds_per_step(cfg, batches, warmup: int = 2) -> float:
+def seconds_per_step(cfg, train_set, batches, precision: Precision, warmup: int = 2) -> float:
+    """Mean seconds of ``Trainer.train_step`` over ``batches`` after the first ``warmup``."""
     torch.manual_seed(0)
-    model = build_model(cfg).train()
-    optimizer = build_optimizer(model, cfg.optim)
-    autocast = resolve_amp(cfg.train.amp, torch.device("cpu")).autocast
+    trainer = local_trainer(cfg, build_model(cfg), train_set, precision)
     times = []
-    for images, targets in batches:
+    for batch in batches:
         started = time.perf_counter()
-        with autocast():
-            loss = sum(model(images, targets).values())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        trainer.train_step([batch])
         times.append(time.perf_counter() - started)
     return sum(times[warmup:]) / len(times[warmup:])
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/maskrcnn_demo_cpu.yaml")
+    parser.add_argument("--config", default=str(CONFIGS / "maskrcnn_demo_cpu.yaml"))
     parser.add_argument("--steps", type=int, default=8, help="timed steps per setting (after 2 untimed)")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parse_with_overrides(parser, argv)
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
@@ -69,7 +66,8 @@ def main(argv=None) -> None:
         f"config as is ({cfg.data.crop_height}x{cfg.data.crop_width} crops)": [],
     }
     precision = resolve_amp(cfg.train.amp, torch.device("cpu"))
-    print(f"{args.config}: {cfg.model.backbone}-FPN, batch {cfg.data.batch_size}, {args.steps} timed steps each")
+    print(f"{args.config}: {cfg.model.maskrcnn.backbone}-FPN, batch {cfg.data.batch_size}, "
+          f"{args.steps} timed steps each")
     print(f"{machine_summary()}; train.amp={cfg.train.amp} -> {precision.describe()}")
     print(f"{'setting':<44}{'s/step':>8}{'s/crop':>8}{'speed-up':>10}")
     reference = None
@@ -79,7 +77,7 @@ def main(argv=None) -> None:
         n = run_cfg.data.batch_size
         batches = [dataset.collate_fn([dataset[(k * n + i) % len(dataset)] for i in range(n)])
                    for k in range(args.steps + 2)]
-        step = seconds_per_step(run_cfg, batches)
+        step = seconds_per_step(run_cfg, dataset, batches, precision)
         reference = reference or step
         print(f"{name:<44}{step:>8.2f}{step / n:>8.2f}{reference / step:>9.2f}x", flush=True)
 

@@ -4,14 +4,15 @@
                                   [--section.key=value ...]
 
 Prints the CPU's capability and what ``train.amp=auto`` resolves to here,
-then training images/s in float32 and in bfloat16 autocast (forward,
-backward and optimiser step on a fixed batch, so loading is excluded), and
+then training images/s in float32 and in bfloat16 autocast (the Trainer's
+``train_step``: forward, backward and optimiser step, on a fixed batch, so
+loading is excluded), and
 data-loader samples/s of one worker alone (JPEG decode + crop +
 augmentation, in this process, after an untimed pass). The target: one
 loader worker delivers at least 4x what one training process consumes.
 ``--archs`` also times the config with each of those smp architectures in
 the precision ``auto`` picks, in the same run, at smp's default widths
-(``model.arch_kwargs`` emptied). On a CPU without native bf16 the bf16 steps
+(``model.smp.arch_kwargs`` emptied). On a CPU without native bf16 the bf16 steps
 are about 20x slower: ``--steps 2`` keeps that part short.
 """
 
@@ -25,19 +26,20 @@ from pathlib import Path
 
 import torch
 
+from core.cli import CONFIGS, parse_with_overrides
 from core.config import ConfigError, load_config
 from core.precision import EmulatedBF16Warning, machine_summary, resolve_amp
 from datasets.synthetic import make_dataset
 from models import build_model, check_model_config
 from training.data import build_train_dataset, load_run_data
-from training.optim import build_optimizer
+from training.trainer import local_trainer
 
 
 def loader_rate(dataset, n: int) -> float:
     """Samples/s of ``dataset[i]`` in this process (what one worker does),
     after an untimed pass over the same items. In a fresh process the first
     image with a mask took 0.35 to 0.49 s (the RLE kernel's first call loads
-    it, README), which alone took 60 timed samples from about 300/s to 70-110/s."""
+    it, docs/BENCHMARKS.md), which alone took 60 timed samples from about 300/s to 70-110/s."""
     for i in range(n):  # one-time set-up; the files into the page cache
         dataset[i % len(dataset)]
     started = time.perf_counter()
@@ -46,38 +48,30 @@ def loader_rate(dataset, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def train_rate(cfg, batch, amp: str, steps: int) -> float:
-    """Images/s of forward + backward + step on a fixed batch."""
+def train_rate(cfg, train_set, batch, amp: str, steps: int) -> float:
+    """Images/s of ``Trainer.train_step`` on a fixed batch (forward, backward
+    and optimiser step with the config's clipping, EMA and schedule; the
+    batch repeated ``train.accum_steps`` times per step), after 2 untimed steps."""
     torch.manual_seed(0)
-    model = build_model(cfg).train()
-    optimizer = build_optimizer(model, cfg.optim)
-    autocast = resolve_amp(amp, torch.device("cpu")).autocast
-    images, targets = batch
-
-    def step():
-        with autocast():
-            loss = sum(model(images, targets).values())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    trainer = local_trainer(cfg, build_model(cfg), train_set, resolve_amp(amp, torch.device("cpu")))
+    micro_batches = [batch] * cfg.train.accum_steps
     for _ in range(2):
-        step()
+        trainer.train_step(micro_batches)
     started = time.perf_counter()
     for _ in range(steps):
-        step()
-    return steps * images.shape[0] / (time.perf_counter() - started)
+        trainer.train_step(micro_batches)
+    return steps * len(micro_batches) * batch[0].shape[0] / (time.perf_counter() - started)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/demo_cpu.yaml")
+    parser.add_argument("--config", default=str(CONFIGS / "demo_cpu.yaml"))
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per precision")
     parser.add_argument("--samples", type=int, default=60, help="timed loader samples")
     parser.add_argument("--archs", default="", help="comma-separated smp architectures to time too (auto precision)")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parse_with_overrides(parser, argv)
     cfg = load_config(args.config, overrides)
-    others = {arch: load_config(args.config, [*overrides, f"--model.arch={arch}", "--model.arch_kwargs={}"])
+    others = {arch: load_config(args.config, [*overrides, f"--model.smp.arch={arch}", "--model.smp.arch_kwargs={}"])
               for arch in filter(None, args.archs.split(","))}
     for arch, other in [("", cfg), *others.items()]:  # a bad model fails now, not after the timed runs
         try:
@@ -92,15 +86,15 @@ def main(argv=None) -> None:
     batch = dataset.collate_fn([dataset[i] for i in range(cfg.data.batch_size)])
 
     torch.set_num_threads(torch.get_num_threads())
-    print(f"config {args.config}: {cfg.model.name} {cfg.model.arch}/{cfg.model.encoder} {cfg.model.arch_kwargs}, "
-          f"batch {cfg.data.batch_size} x {cfg.data.crop_height}x{cfg.data.crop_width}, "
+    print(f"config {args.config}: {cfg.model.name} {cfg.model.smp.arch}/{cfg.model.smp.encoder} "
+          f"{cfg.model.smp.arch_kwargs}, batch {cfg.data.batch_size} x {cfg.data.crop_height}x{cfg.data.crop_width}, "
           f"{torch.get_num_threads()} torch threads")
     auto = resolve_amp("auto", torch.device("cpu"))
     print(f"{machine_summary()}; train.amp=auto -> {auto.describe()}")
-    fp32 = train_rate(cfg, batch, "off", args.steps)
+    fp32 = train_rate(cfg, dataset, batch, "off", args.steps)
     with warnings.catch_warnings():  # timing bf16 where it is emulated is the point here
         warnings.simplefilter("ignore", EmulatedBF16Warning)
-        bf16 = train_rate(cfg, batch, "bf16", args.steps)
+        bf16 = train_rate(cfg, dataset, batch, "bf16", args.steps)
     loader = loader_rate(dataset, args.samples)
     consumer = max(fp32, bf16)
     print(f"{'measure':<38}{'value':>10}")
@@ -112,12 +106,12 @@ def main(argv=None) -> None:
     verdict = "meets" if ratio >= 4 else "misses"
     print(f"{'one worker / fastest training':<38}{ratio:>10.2f}x  ({verdict} the 4x target)")
     for arch, other in others.items():
-        rate = train_rate(other, batch, auto.amp, args.steps)
+        rate = train_rate(other, dataset, batch, auto.amp, args.steps)
         config_rate = bf16 if auto.amp == "bf16" else fp32
         print(f"{f'train images/s, {auto.amp}, {arch}*':<38}{rate:>10.2f}  "
               f"(config / {arch}*: {config_rate / rate:.2f}x)")
     if others:
-        print("* at smp's default widths (model.arch_kwargs emptied)")
+        print("* at smp's default widths (model.smp.arch_kwargs emptied)")
 
 
 if __name__ == "__main__":

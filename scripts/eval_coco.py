@@ -3,6 +3,9 @@
 
     python scripts/eval_coco.py --checkpoint runs/maskrcnn_demo/best.pt
     python scripts/eval_coco.py --checkpoint best.pt --images data/synthetic/test_images --truth data/synthetic/test_truth.csv
+    python scripts/eval_coco.py --checkpoint best.pt --device cuda:1
+
+--device: auto (the default: cuda when present, else the CPU) | cpu | cuda | cuda:N.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 import sys
 
+from core.distributed import resolve_device
 from datasets.severstal import Annotations
 from inference.coco_eval import evaluate_instances
 from models import load_model
@@ -23,9 +27,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", help="image folder (default: the run's validation fold)")
     parser.add_argument("--truth", help="truth csv for --images, either layout")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
-        model, cfg = load_model(args.checkpoint)
+        device = resolve_device(args.device, key="--device")
+    except RuntimeError as err:  # an unknown device, or CUDA asked for where there is none
+        parser.error(f"--device {args.device}: {err}")
+    try:
+        model, cfg = load_model(args.checkpoint, device)
     except FileNotFoundError as err:
         raise SystemExit(f"eval_coco.py: {err}") from None
     if not hasattr(model, "detect"):
@@ -38,7 +47,7 @@ def main(argv=None) -> dict:
     else:
         data = load_run_data(cfg)
         annotations, image_ids = data.annotations, data.val_ids
-    metrics = evaluate_instances(model, annotations, image_ids, "cpu", min_area=cfg.data.min_instance_area)
+    metrics = evaluate_instances(model, annotations, image_ids, device, min_area=cfg.data.min_instance_area)
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from datasets.rle import STRIP_SHAPE
 from datasets.severstal import list_images
+from inference.metrics import per_class_table
 from inference.scoring import score_csv
 
 
@@ -31,11 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def format_report(result: dict) -> str:
-    lines = [f"{result['n_images']} images x 4 classes", f"{'':10s}{'Dice':>10s}{'empty':>10s}",
-             f"{'score':10s}{result['score']:10.5f}{result['empty_baseline']:10.5f}"]
-    for class_id, dice in result["per_class"].items():
-        lines.append(f"{'class ' + class_id:10s}{dice:10.5f}{result['empty_baseline_per_class'][class_id]:10.5f}")
-    return "\n".join(lines)
+    """``score_csv``'s result as text: the Dice and the all-empty baseline, overall and per class."""
+    empty = {"score": result["empty_baseline"], "per_class": result["empty_baseline_per_class"]}
+    return f"{result['n_images']} images x 4 classes\n" + per_class_table({"Dice": result, "empty": empty}, digits=5)
 
 
 def main(argv=None) -> None:

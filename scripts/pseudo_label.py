@@ -26,11 +26,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.classes import CLASS_IDS
+from core.cli import parse_with_overrides
 from core.config import ConfigError, load_config
 from datasets.pseudo import pseudo_masks, select_confident, write_pseudo_csv
 from datasets.rle import rle_encode
 from datasets.severstal import list_images
-from inference.postprocess import PostProcess, load_probs
+from inference.postprocess import PostProcess, load_probs, probs_path
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, PostProcess]:
@@ -41,9 +42,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PostProcess]:
     p.add_argument("--out", required=True, type=Path, help="pseudo-label csv to write")
     p.add_argument("--low", type=float, default=0.2, help="a class scored at most this is confidently absent")
     p.add_argument("--high", type=float, default=0.8, help="a class scored at least this is confidently present")
-    args, overrides = p.parse_known_args(argv)
-    if bad := [o for o in overrides if not o.startswith("--postprocess.") or "=" not in o]:
-        p.error(f"unrecognised arguments {bad}: overrides look like --postprocess.key=value")
+    args, overrides = parse_with_overrides(p, argv, sections=("postprocess",))
     if not 0.0 <= args.low < args.high <= 1.0:
         p.error(f"need 0 <= --low < --high <= 1, got --low {args.low} --high {args.high}")
     try:
@@ -56,7 +55,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PostProcess]:
 def prob_files(probs_dir: Path, images: Path) -> dict[str, Path]:
     """{image id: npz} for the images of ``images`` with probabilities in ``probs_dir``."""
     names = list_images(images)
-    files = {name: probs_dir / f"{Path(name).stem}.npz" for name in names}
+    files = {name: probs_path(probs_dir, name) for name in names}
     found = {name: path for name, path in files.items() if path.is_file()}
     if not found:
         raise SystemExit(f"none of the {len(names)} images in {images} has probabilities in {probs_dir}")

@@ -9,7 +9,7 @@ is the trial's ``--key=value`` values, then ``--output_dir=DIR/trial_NNN``,
 ``--key=value`` arguments given here, which override those: a data root, an
 epoch cap, ``--wandb.mode=disabled``) as a subprocess of this Python, in the
 current folder. Parameters and arguments are checked against
-engine/config.py before any trial starts. Its metrics.jsonl is read while it runs;
+core/config.py before any trial starts. Its metrics.jsonl is read while it runs;
 every new epoch's metric (the sweep's ``metric.name``, e.g. ``val/score``)
 is reported to Optuna, and a trial worse than the median of finished trials
 at the same epoch is stopped and marked pruned. A trial that exits non-zero
@@ -44,6 +44,7 @@ from matplotlib.ticker import NullFormatter
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from core.cli import parse_with_overrides
 from core.files import atomic_write_text
 from workflows.hparam_sweep import (
     SweepError,
@@ -72,11 +73,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--prune-startup-trials", type=int, default=3, help="finished trials before any pruning")
     p.add_argument("--prune-warmup-epochs", type=int, default=2, help="no pruning before this epoch")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="how often a trial's metrics.jsonl is read")
-    args, overrides = p.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
-    if bad:
-        p.error(f"unrecognised arguments {bad}: trial overrides look like --section.key=value")
-    return args, overrides
+    return parse_with_overrides(p, argv)
 
 
 def main(argv=None) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny synthetic dataset in the Severstal layout, made once
-per test session."""
+per test session; tests marked ``cuda`` skip without CUDA."""
 
 import os
 
@@ -11,6 +11,16 @@ import torch
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (pyproject.toml) are skipped, with the reason, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

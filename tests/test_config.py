@@ -1,12 +1,15 @@
 """The typed config: defaults, YAML, dotted overrides, and the promised errors."""
 
+import argparse
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from core.config import ConfigError, load_config, save_config, to_dict
+from core.cli import parse_with_overrides
+from core.config import ConfigError, ConfigWarning, load_config, save_config, to_dict
+from models import build_model
 
 CONFIGS = sorted(Path("configs").rglob("*.yaml"))
 
@@ -20,11 +23,11 @@ def test_overrides_apply_after_file(tmp_path):
 
 def test_sweep_agent_style_values():
     """What a W&B agent passes: scientific floats without a dot, lists, null."""
-    cfg = load_config(None, ["--optim.lr=1e-3", "--loss.pos_weight=[2,2,1,1.5]", "--model.encoder_weights=null",
+    cfg = load_config(None, ["--optim.lr=1e-3", "--loss.pos_weight=[2,2,1,1.5]", "--model.smp.encoder_weights=null",
                              "--train.channels_last=true"])
     assert cfg.optim.lr == pytest.approx(1e-3)
     assert cfg.loss.pos_weight == [2.0, 2.0, 1.0, 1.5]
-    assert cfg.model.encoder_weights is None and cfg.train.channels_last is True
+    assert cfg.model.smp.encoder_weights is None and cfg.train.channels_last is True
 
 
 @pytest.mark.parametrize("override, words", [
@@ -36,11 +39,12 @@ def test_sweep_agent_style_values():
     ("--train.amp=on", ["'train.amp' = True is not one of"]),
     ("--train=3", ["'train' is a section"]),
     ("--data.fold=9", ["'data.fold' must be in 0..4"]),
+    ("--predict.tile=240", ["'predict.tile' must be a positive multiple of 32"]),
     ("--postprocess.threshold=[0.5]", ["postprocess.threshold", "4 values"]),
-    ("--model.name=resnet", ["'model.name'", "unet"]),
-    ("--model.cls_pooling=mean", ["'model.cls_pooling'", "'avg', 'max'"]),
-    ("--model.fpn_channels=0", ["'model.fpn_channels' must be >= 1"]),
-    ("--model.box_batch_size_per_image=-4", ["'model.box_batch_size_per_image' must be >= 1"]),
+    ("--model.name=resnet", ["'model.name'", "smp"]),
+    ("--model.smp.cls_pooling=mean", ["'model.smp.cls_pooling'", "'avg', 'max'"]),
+    ("--model.maskrcnn.fpn_channels=0", ["'model.maskrcnn.fpn_channels' must be >= 1"]),
+    ("--model.maskrcnn.box_batch_size_per_image=-4", ["'model.maskrcnn.box_batch_size_per_image' must be >= 1"]),
 ])
 def test_bad_overrides_name_the_key(override, words):
     with pytest.raises(ConfigError) as err:
@@ -50,18 +54,18 @@ def test_bad_overrides_name_the_key(override, words):
 
 
 def test_arch_kwargs_entry_or_whole_mapping(tmp_path):
-    """A mapping field: --model.arch_kwargs.<name>= (what a sweep parameter of
+    """A mapping field: --model.smp.arch_kwargs.<name>= (what a sweep parameter of
     that name passes) sets one entry and keeps the file's others;
-    --model.arch_kwargs= replaces the mapping."""
+    --model.smp.arch_kwargs= replaces the mapping."""
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  arch_kwargs:\n    decoder_pyramid_channels: 128\n    upsampling: 4\n")
-    cfg = load_config(path, ["--model.arch_kwargs.upsampling=2"])
-    assert cfg.model.arch_kwargs == {"decoder_pyramid_channels": 128, "upsampling": 2}
-    assert load_config(path, ["--model.arch_kwargs={}"]).model.arch_kwargs == {}
-    assert load_config(path, ["--model.arch_kwargs={encoder_depth: 4}"]).model.arch_kwargs == {"encoder_depth": 4}
-    assert load_config(None).model.arch_kwargs == {}
-    with pytest.raises(ConfigError, match="'model.arch_kwargs' must be a mapping"):
-        load_config(None, ["--model.arch_kwargs=64"])
+    path.write_text("model:\n  smp:\n    arch_kwargs:\n      decoder_pyramid_channels: 128\n      upsampling: 4\n")
+    cfg = load_config(path, ["--model.smp.arch_kwargs.upsampling=2"])
+    assert cfg.model.smp.arch_kwargs == {"decoder_pyramid_channels": 128, "upsampling": 2}
+    assert load_config(path, ["--model.smp.arch_kwargs={}"]).model.smp.arch_kwargs == {}
+    assert load_config(path, ["--model.smp.arch_kwargs={encoder_depth: 4}"]).model.smp.arch_kwargs == {"encoder_depth": 4}
+    assert load_config(None).model.smp.arch_kwargs == {}
+    with pytest.raises(ConfigError, match="'model.smp.arch_kwargs' must be a mapping"):
+        load_config(None, ["--model.smp.arch_kwargs=64"])
 
 
 def test_bad_file_key_names_file(tmp_path):
@@ -102,9 +106,77 @@ def test_yaml_off_means_the_word_off(tmp_path):
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "sweeps" not in p.parts], ids=str)
 def test_every_shipped_config_builds_its_model(path):
     """Recipes included; encoder weights forced off (no download)."""
-    from models import build_model
-
-    cfg = load_config(path, ["--model.encoder_weights=null"])
+    cfg = load_config(path, ["--model.smp.encoder_weights=null", "--model.maskrcnn.backbone_weights=null"])
     model = build_model(cfg)
     assert model.target_kind in ("semantic", "instance")
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+FLAT_SMP = """model:
+  name: unet
+  arch: FPN
+  encoder: resnet18
+  encoder_weights: null
+  num_classes: 4
+  mask_threshold: 0.5
+  classification_head: true
+  arch_kwargs: {decoder_segmentation_channels: 64}
+"""
+
+
+def test_a_config_of_the_flat_model_schema_loads_with_a_warning_naming_each_move(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(FLAT_SMP)
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load_config(path)
+    message = str(caught[0].message)
+    for words in ("model.name 'unet' is now 'smp'", "model.arch is now model.smp.arch",
+                  "model.num_classes is gone", "model.mask_threshold is gone", str(path)):
+        assert words in message
+    assert cfg.model.name == "smp" and cfg.model.smp.arch == "FPN" and cfg.model.smp.encoder == "resnet18"
+    assert cfg.model.smp.classification_head and cfg.model.smp.arch_kwargs == {"decoder_segmentation_channels": 64}
+
+
+def test_an_old_checkpoints_flat_config_loads_quietly_and_maskrcnn_keys_go_to_their_section(recwarn):
+    stored = {"model": {"name": "maskrcnn", "backbone": "resnet18", "encoder_weights": "imagenet",
+                        "fpn_channels": 128, "num_classes": 4, "mask_threshold": 0.5}}
+    cfg = load_config(base=stored)
+    assert not [w for w in recwarn if issubclass(w.category, ConfigWarning)]
+    assert (cfg.model.maskrcnn.backbone, cfg.model.maskrcnn.fpn_channels) == ("resnet18", 128)
+    assert cfg.model.maskrcnn.backbone_weights == "imagenet" and cfg.model.smp.encoder_weights is None
+
+
+def test_flat_keys_on_the_command_line_are_translated_too():
+    with pytest.warns(ConfigWarning, match="model.arch_kwargs is now model.smp.arch_kwargs"):
+        cfg = load_config(None, ["--model.smp.arch_kwargs={a: 1}", "--model.arch_kwargs.b=2"])
+    assert cfg.model.smp.arch_kwargs == {"a": 1, "b": 2}  # one entry set, the others kept
+
+
+def test_num_classes_other_than_four_is_refused():
+    with pytest.raises(ConfigError, match="'model.num_classes' = 3: the Severstal data has 4 classes"):
+        load_config(base={"model": {"num_classes": 3}})
+    with pytest.raises(ConfigError, match="unknown key 'model.smp.num_classes'"):
+        load_config(None, ["--model.smp.num_classes=4"])
+
+
+@pytest.mark.parametrize("argv, sections, bad", [
+    (["--epochs", "3"], (), "['--epochs', '3']"),
+    (["train.epochs=3"], (), "['train.epochs=3']"),
+    (["--model.smp.arch=FPN"], ("predict", "postprocess"), "--predict.key=value or --postprocess.key=value"),
+])
+def test_every_command_line_refuses_what_is_not_an_override(argv, sections, bad, capsys):
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--out")
+    with pytest.raises(SystemExit):
+        parse_with_overrides(parser, ["--out", "o", *argv], sections)
+    err = capsys.readouterr().err
+    assert "tool: error: unrecognised arguments" in err and bad in err
+
+
+def test_overrides_after_the_scripts_own_flags_are_returned_in_order():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    args, overrides = parse_with_overrides(parser, ["--train.epochs=3", "--out", "o", "--predict.tile=128"])
+    assert args.out == "o" and overrides == ["--train.epochs=3", "--predict.tile=128"]
+    _, scoped = parse_with_overrides(parser, ["--predict.tile=128"], sections=("predict",))
+    assert scoped == ["--predict.tile=128"]

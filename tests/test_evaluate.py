@@ -1,4 +1,4 @@
-"""scripts/evaluate.py on a tiny dataset, and engine.scoring in process.
+"""scripts/evaluate.py on a tiny dataset, and inference.scoring in process.
 
 One test starts the real script in a subprocess (which pays for importing
 torch); the others call its main() in process.
@@ -15,7 +15,7 @@ import pytest
 
 from datasets.rle import rle_encode
 from datasets.severstal import COMPETITION, RERELEASED, csv_image_ids, write_mask_csv
-from inference.metrics import pair_counts
+from inference.metrics import pair_counts, per_class_table
 from inference.scoring import image_pair_counts, score_csv, score_rles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,23 @@ def test_text_report(data, capsys):
     tmp_path, images, truth = data
     evaluate_script.main(["--pred", str(truth), "--truth", str(truth), "--images", str(images), *SHAPE_ARGS])
     out = capsys.readouterr().out
-    assert "rereleased layout" in out and "4 images x 4 classes" in out
-    assert "score        1.00000   0.81250" in out and "class 2      1.00000   1.00000" in out
+    assert "rereleased layout" in out
+    assert out.endswith("4 images x 4 classes\n"
+                        "            score   class 1   class 2   class 3   class 4\n"
+                        "Dice      1.00000   1.00000   1.00000   1.00000   1.00000\n"
+                        "empty     0.81250   0.75000   1.00000   0.75000   0.75000\n")
+
+
+def test_per_class_table_aligns_scores_ints_and_blanks():
+    rows = {"tuned": {"score": 0.91234, "per_class": {"1": 0.5, "2": 1.0, "3": 0.25, "4": 0.0}},
+            "min_area": {"per_class": {"1": 0, "2": 150, "3": 1600, "4": 50}}}
+    assert per_class_table(rows).splitlines() == [
+        "              score  class 1  class 2  class 3  class 4",
+        "tuned        0.9123   0.5000   1.0000   0.2500   0.0000",
+        "min_area                   0      150     1600       50",
+    ]
+    with pytest.raises(ValueError, match=r"row 'bad': per_class has keys \['1', '2'\], expected"):
+        per_class_table({"bad": {"score": 1.0, "per_class": {"1": 1.0, "2": 1.0}}})
 
 
 def test_csv_image_ids_include_empty_rows(tmp_path):

@@ -32,7 +32,7 @@ def test_cam_peaks_on_the_evidence():
 
 
 def test_cam_of_a_real_two_head_model_and_picture():
-    cfg = load_config(None, ["--model.encoder=resnet18", "--model.classification_head=true", "--loss.cls=0.2"])
+    cfg = load_config(None, ["--model.smp.encoder=resnet18", "--model.smp.classification_head=true", "--loss.cls=0.2"])
     model = build_model(cfg).eval()
     images = torch.rand(2, 3, 64, 128)
     cams = grad_cam(model, images)

@@ -15,7 +15,7 @@ TORCHVISION_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_obje
 def maskrcnn_config(backbone="resnet18") -> Config:
     cfg = Config()
     cfg.model.name = "maskrcnn"
-    cfg.model.backbone = backbone
+    cfg.model.maskrcnn.backbone = backbone
     return cfg
 
 
@@ -29,8 +29,8 @@ def model() -> MaskRCNNModel:
     linear layer on 2000 RoIs dominates a CPU step otherwise)."""
     torch.manual_seed(0)
     cfg = maskrcnn_config()
-    cfg.model.detections_per_image = 10
-    m = cfg.model
+    cfg.model.maskrcnn.detections_per_image = 10
+    m = cfg.model.maskrcnn
     m.rpn_pre_nms_top_n_train = m.rpn_post_nms_top_n_train = 64
     m.rpn_pre_nms_top_n_test = m.rpn_post_nms_top_n_test = 32
     m.box_batch_size_per_image = 32
@@ -84,9 +84,9 @@ def test_anchors_match_rpn_head_and_nothing_is_downloaded(monkeypatch, backbone,
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     cfg = maskrcnn_config(backbone)
     net = build_maskrcnn(cfg).net
-    anchors_per_location = len(cfg.model.aspect_ratios)
+    anchors_per_location = len(cfg.model.maskrcnn.aspect_ratios)
     assert net.rpn.anchor_generator.num_anchors_per_location() == [anchors_per_location] * 5
-    assert net.rpn.anchor_generator.sizes == tuple((s,) for s in cfg.model.anchor_sizes)
+    assert net.rpn.anchor_generator.sizes == tuple((s,) for s in cfg.model.maskrcnn.anchor_sizes)
     assert net.rpn.head.cls_logits.out_channels == anchors_per_location
     assert net.rpn.head.bbox_pred.out_channels == 4 * anchors_per_location
     assert len(net.rpn.head.conv) == conv_depth
@@ -95,14 +95,14 @@ def test_anchors_match_rpn_head_and_nothing_is_downloaded(monkeypatch, backbone,
 
 def test_config_reaches_the_detector():
     cfg = maskrcnn_config()
-    cfg.model.detections_per_image, cfg.model.score_threshold = 37, 0.2
+    cfg.model.maskrcnn.detections_per_image, cfg.model.maskrcnn.score_threshold = 37, 0.2
     net = build_maskrcnn(cfg).net
     assert (net.roi_heads.detections_per_img, net.roi_heads.score_thresh) == (37, 0.2)
 
 
 def test_proposal_and_roi_budgets_reach_the_detector():
     cfg = maskrcnn_config()
-    m = cfg.model
+    m = cfg.model.maskrcnn
     m.rpn_pre_nms_top_n_train, m.rpn_post_nms_top_n_train, m.rpn_pre_nms_top_n_test, m.rpn_post_nms_top_n_test = 300, 200, 150, 100
     m.box_batch_size_per_image = 64
     net = build_maskrcnn(cfg).net
@@ -114,8 +114,8 @@ def test_proposal_and_roi_budgets_reach_the_detector():
 @pytest.mark.parametrize("backbone, batch_norm", [("resnet18", False), ("resnet50_v2", True)])
 def test_narrow_mask_head_keeps_the_architecture_and_trains(backbone, batch_norm):
     cfg = maskrcnn_config(backbone)
-    cfg.model.mask_head_channels = 64
-    m = cfg.model
+    cfg.model.maskrcnn.mask_head_channels = 64
+    m = cfg.model.maskrcnn
     m.rpn_pre_nms_top_n_train = m.rpn_post_nms_top_n_train = 64
     m.box_batch_size_per_image = 32
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def test_narrow_mask_head_keeps_the_architecture_and_trains(backbone, batch_norm
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
 def test_narrow_fpn_reaches_every_head(backbone):
     cfg = maskrcnn_config(backbone)
-    cfg.model.fpn_channels = 64
+    cfg.model.maskrcnn.fpn_channels = 64
     net = build_maskrcnn(cfg).net
     assert net.backbone.out_channels == 64
     assert {b[0].out_channels for b in net.backbone.fpn.layer_blocks} == {64}
@@ -145,8 +145,8 @@ def test_narrow_fpn_reaches_every_head(backbone):
 
 def test_narrow_fpn_is_refused_for_resnet50_v2():
     cfg = maskrcnn_config("resnet50_v2")
-    cfg.model.fpn_channels = 128
-    with pytest.raises(ConfigError, match="model.fpn_channels must be 256 for resnet50_v2"):
+    cfg.model.maskrcnn.fpn_channels = 128
+    with pytest.raises(ConfigError, match="model.maskrcnn.fpn_channels must be 256 for resnet50_v2"):
         build_maskrcnn(cfg)
 
 
@@ -160,19 +160,19 @@ def test_registry_builds_it_with_its_target_kind_and_encoder():
 
 def test_backbone_weights_only_when_asked():
     cfg = maskrcnn_config()
-    assert _backbone_weights(cfg.model) is None
-    cfg.model.encoder_weights = "imagenet"
-    assert _backbone_weights(cfg.model) is ResNet18_Weights.IMAGENET1K_V1
-    cfg.model.encoder_weights = "ssl"
-    with pytest.raises(ConfigError, match="encoder_weights"):
-        _backbone_weights(cfg.model)
+    assert _backbone_weights(cfg.model.maskrcnn) is None
+    cfg.model.maskrcnn.backbone_weights = "imagenet"
+    assert _backbone_weights(cfg.model.maskrcnn) is ResNet18_Weights.IMAGENET1K_V1
+    cfg.model.maskrcnn.backbone_weights = "ssl"
+    with pytest.raises(ConfigError, match="backbone_weights"):
+        _backbone_weights(cfg.model.maskrcnn)
 
 
 def test_bad_backbone_and_anchor_sizes_are_errors():
     with pytest.raises(ConfigError, match="resnet50_v2"):
         build_maskrcnn(maskrcnn_config("vgg16"))
     cfg = maskrcnn_config()
-    cfg.model.anchor_sizes = [16, 32]
+    cfg.model.maskrcnn.anchor_sizes = [16, 32]
     with pytest.raises(ConfigError, match="anchor_sizes"):
         build_maskrcnn(cfg)
 

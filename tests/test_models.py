@@ -6,9 +6,9 @@ import segmentation_models_pytorch.encoders as smp_encoders
 import torch
 from torchvision.transforms.functional import normalize
 
-from core.config import Config, ConfigError, ModelConfig
+from core.config import Config, ConfigError, MaskRCNNConfig, SmpConfig
 from models import MODELS, build_model
-from models.unet import SegmentationModel, build_unet
+from models.smp_models import SegmentationModel, build_smp
 
 ENCODER = "resnet18"
 
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def unet_config(**model) -> Config:
     cfg = Config()
-    cfg.model.encoder = ENCODER
+    cfg.model.smp.encoder = ENCODER
     for key, value in model.items():
-        setattr(cfg.model, key, value)
+        setattr(cfg.model.smp, key, value)
     return cfg
 
 
@@ -36,10 +36,10 @@ def batch(b=2, size=64):
 
 
 def test_registry_names_and_unknown_model_error():
-    assert set(MODELS) == {"unet", "maskrcnn"}
+    assert set(MODELS) == {"smp", "maskrcnn"}
     cfg = Config()
     cfg.model.name = "classifier"
-    with pytest.raises(ConfigError, match="'classifier'.*unet, maskrcnn"):
+    with pytest.raises(ConfigError, match="'classifier'.*smp, maskrcnn"):
         build_model(cfg)
 
 
@@ -50,30 +50,36 @@ def test_default_weights_are_none_and_nothing_is_downloaded(monkeypatch):
     for module, name in [(torch.hub, "load_state_dict_from_url"), (torch.hub, "download_url_to_file"),
                          (huggingface_hub, "hf_hub_download"), (smp_encoders, "hf_hub_download")]:
         monkeypatch.setattr(module, name, refuse)
-    assert ModelConfig().encoder_weights is None
+    assert SmpConfig().encoder_weights is None and MaskRCNNConfig().backbone_weights is None
     model = build_model(Config())  # the real default: Unet on resnet34
     assert isinstance(model, SegmentationModel) and model.target_kind == "semantic"
 
 
-def test_train_mode_returns_float32_loss_dict():
+def test_train_mode_returns_float32_loss_dict_that_reaches_every_weight():
     cfg = unet_config()
     cfg.loss.dice = 0.25
-    model = build_unet(cfg).train()
+    model = build_smp(cfg).train()
     images, targets = batch()
     losses = model(images, targets)
     assert set(losses) == {"loss_bce", "loss_dice"}
     assert all(v.dim() == 0 and v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+    for part in ("encoder", "decoder", "segmentation_head"):
+        named = list(getattr(model.net, part).named_parameters())
+        missing = [name for name, p in named if p.grad is None]
+        assert named and not missing, f"{part}: no gradient reaches {missing}"
+        assert all(torch.isfinite(p.grad).all() for _, p in named), f"{part}: non-finite gradients"
+        assert torch.stack([p.grad.norm() for _, p in named]).norm() > 0, f"{part}: all gradients are zero"
 
 
 def test_train_mode_without_targets_is_an_error():
     with pytest.raises(ValueError, match="needs targets"):
-        build_unet(unet_config()).train()(batch()[0])
+        build_smp(unet_config()).train()(batch()[0])
 
 
 @pytest.mark.parametrize("arch", ["Unet", "FPN", "UnetPlusPlus"])
 def test_architectures_give_probabilities_in_eval(arch):
-    model = build_unet(unet_config(arch=arch)).eval()
+    model = build_smp(unet_config(arch=arch)).eval()
     with torch.no_grad():
         probs = model(torch.rand(2, 3, 64, 96))
     assert probs.shape == (2, 4, 64, 96) and probs.dtype == torch.float32
@@ -81,19 +87,19 @@ def test_architectures_give_probabilities_in_eval(arch):
 
 
 def test_timm_encoder_builds():
-    model = build_unet(unet_config(encoder="tu-resnet10t")).eval()
+    model = build_smp(unet_config(encoder="tu-resnet10t")).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 4, 64, 64)
 
 
 def test_eval_output_is_float32_under_bf16_autocast():
-    model = build_unet(unet_config()).eval()
+    model = build_smp(unet_config()).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(torch.rand(1, 3, 32, 32)).dtype == torch.float32
 
 
 def test_normalisation_is_imagenet_inside_and_not_in_the_state_dict():
-    model = build_unet(unet_config())
+    model = build_smp(unet_config())
     images = torch.rand(2, 3, 8, 8)
     expected = normalize(images, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     assert torch.allclose(model._normalise(images), expected, atol=1e-6)
@@ -103,7 +109,7 @@ def test_normalisation_is_imagenet_inside_and_not_in_the_state_dict():
 def test_classification_head_adds_loss_cls_and_class_probs():
     cfg = unet_config(classification_head=True)
     cfg.loss.cls = 0.5
-    model = build_unet(cfg).train()
+    model = build_smp(cfg).train()
     images, targets = batch()
     losses = model(images, targets)
     assert set(losses) == {"loss_bce", "loss_cls"} and torch.isfinite(losses["loss_cls"])
@@ -117,11 +123,11 @@ def test_classification_head_adds_loss_cls_and_class_probs():
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_classification_head_pools_as_configured(pooling):
-    """model.cls_pooling: max scores a feature map by its strongest cell, avg
+    """model.smp.cls_pooling: max scores a feature map by its strongest cell, avg
     (the default) by its mean."""
     cfg = unet_config(classification_head=True)
-    cfg.loss.cls, cfg.model.cls_pooling = 0.5, pooling
-    model = build_unet(cfg).eval()
+    cfg.loss.cls, cfg.model.smp.cls_pooling = 0.5, pooling
+    model = build_smp(cfg).eval()
     features = torch.zeros(1, 512, 2, 50)
     features[0, :, 1, 7] = torch.linspace(-1, 2, 512)  # one hot cell in a wide, quiet map
     pooled = features.amax((2, 3)) if pooling == "max" else features.mean((2, 3))
@@ -134,7 +140,7 @@ def test_classification_head_pools_as_configured(pooling):
 def test_train_losses_are_float32_under_bf16_autocast():
     cfg = unet_config(classification_head=True)
     cfg.loss.cls, cfg.loss.lovasz = 0.5, 0.5
-    model = build_unet(cfg).train()
+    model = build_smp(cfg).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(*batch(size=32))
     assert set(losses) == {"loss_bce", "loss_lovasz", "loss_cls"}
@@ -142,36 +148,36 @@ def test_train_losses_are_float32_under_bf16_autocast():
 
 
 def test_arch_kwargs_reach_the_network():
-    narrow = build_unet(unet_config(arch="FPN", arch_kwargs={"decoder_segmentation_channels": 32}))
+    narrow = build_smp(unet_config(arch="FPN", arch_kwargs={"decoder_segmentation_channels": 32}))
     widths = {m.out_channels for m in narrow.net.decoder.modules() if isinstance(m, torch.nn.Conv2d)}
     assert 32 in widths and 128 not in widths  # smp's default segmentation width is 128
 
 
 @pytest.mark.parametrize("model, words", [
     ({"arch": "FPN", "arch_kwargs": {"decoder_segmentaton_channels": 64}},
-     ["model.arch_kwargs.decoder_segmentaton_channels", "FPN takes no such", "decoder_segmentation_channels"]),
-    ({"arch_kwargs": {"classes": 3}}, ["model.arch_kwargs.classes", "model.num_classes"]),
-    ({"arch_kwargs": {"decoder_channels": 64}}, ["model.arch_kwargs={'decoder_channels': 64} for Unet"]),
-    ({"arch": "Unet++"}, ["model.arch='Unet++'", "UnetPlusPlus"]),
-    ({"encoder": "resnet19"}, ["model.encoder='resnet19'", "resnet18"]),
-    ({"encoder": "tu-resnet19"}, ["model.encoder='tu-resnet19'", "timm has no model"]),
+     ["model.smp.arch_kwargs.decoder_segmentaton_channels", "FPN takes no such", "decoder_segmentation_channels"]),
+    ({"arch_kwargs": {"classes": 3}}, ["model.smp.arch_kwargs.classes", "always 4"]),
+    ({"arch_kwargs": {"decoder_channels": 64}}, ["model.smp.arch_kwargs={'decoder_channels': 64} for Unet"]),
+    ({"arch": "Unet++"}, ["model.smp.arch='Unet++'", "UnetPlusPlus"]),
+    ({"encoder": "resnet19"}, ["model.smp.encoder='resnet19'", "resnet18"]),
+    ({"encoder": "tu-resnet19"}, ["model.smp.encoder='tu-resnet19'", "timm has no model"]),
 ])
 def test_bad_smp_arguments_name_the_key(model, words):
     with pytest.raises(ConfigError) as err:
-        build_unet(unet_config(**model))
+        build_smp(unet_config(**model))
     for word in words:
         assert word in str(err.value)
 
 
 def test_classification_head_needs_a_loss_weight_and_class_probs_needs_a_head():
     with pytest.raises(ConfigError, match="loss.cls"):
-        build_unet(unet_config(classification_head=True))
+        build_smp(unet_config(classification_head=True))
     with pytest.raises(RuntimeError, match="classification_head"):
-        build_unet(unet_config()).class_probs(torch.rand(1, 3, 64, 64))
+        build_smp(unet_config()).class_probs(torch.rand(1, 3, 64, 64))
 
 
 def test_encoder_parameters_are_a_proper_subset():
-    model = build_unet(unet_config())
+    model = build_smp(unet_config())
     encoder = {id(p) for p in model.encoder_parameters()}
     every = {id(p) for p in model.parameters()}
     assert encoder and encoder < every
@@ -180,7 +186,7 @@ def test_encoder_parameters_are_a_proper_subset():
 @pytest.mark.slow
 def test_overfits_a_fixed_batch():
     torch.manual_seed(0)
-    model = build_unet(unet_config()).train()
+    model = build_smp(unet_config()).train()
     images, targets = batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []

@@ -10,9 +10,17 @@ import pytest
 
 from core.config import PostprocessConfig
 from datasets.rle import rle_encode
-from datasets.severstal import write_mask_csv
+from datasets.severstal import Annotations, write_mask_csv
 from inference.metrics import dice_from_counts, kaggle_score, pair_counts
-from inference.postprocess import PostProcess, _plateau_argmax, load_probs, save_probs, tune
+from inference.postprocess import (
+    PostProcess,
+    _plateau_argmax,
+    labelled_probs,
+    load_probs,
+    probs_path,
+    save_probs,
+    tune,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 32, 64
@@ -144,19 +152,60 @@ def test_probs_file_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]
 
 
+def test_missing_probs_array_is_an_error_naming_the_file(tmp_path):
+    np.savez(tmp_path / "x.npz", masks=np.zeros((4, H, W), np.float16))
+    with pytest.raises(ValueError, match=r"x\.npz has no 'probs' array \(it holds \['masks'\]\)"):
+        load_probs(tmp_path / "x.npz")
+    with pytest.raises(FileNotFoundError, match="y.npz"):
+        load_probs(tmp_path / "y.npz")
+
+
+def test_labelled_probs_pairs_each_file_with_its_truth_at_its_size(tmp_path):
+    truth = np.zeros((4, H, W), np.uint8)
+    truth[2, 3:9, 10:20] = 1
+    annotations = Annotations(tmp_path, ["a.jpg", "b.jpg"], {"a.jpg": {3: rle_encode(truth[2])}}, (256, 1600))
+    probs = np.random.default_rng(0).random((4, H, W)).astype(np.float32)
+    save_probs(probs_path(tmp_path, "a.jpg"), probs, np.array([0.1, 0.2, 0.3, 0.4]))
+    save_probs(probs_path(tmp_path, "b.jpg"), probs)
+    assert probs_path(tmp_path, "a.jpg") == tmp_path / "a.npz"
+
+    (a_probs, a_truth, a_class), (b_probs, b_truth) = labelled_probs(
+        {"a.jpg": tmp_path / "a.npz", "b.jpg": tmp_path / "b.npz"}, annotations)
+    np.testing.assert_allclose(a_probs, probs, atol=1e-3)
+    assert np.array_equal(a_truth, truth) and not b_truth.any() and b_truth.shape == (4, H, W)
+    np.testing.assert_allclose(a_class, [0.1, 0.2, 0.3, 0.4])
+
+
 def test_cli_tunes_saved_probabilities(tmp_path, capsys):
     probs_dir = tmp_path / "probs"
     rles = {}
     for i, (probs, truth) in enumerate(constructed_case(6)):
         save_probs(probs_dir / f"img{i}.npz", probs)
         rles[f"img{i}.jpg"] = {1: rle_encode(truth[0])}
+    (probs_dir / ".img9.tmp.npz").write_bytes(b"torn")  # save_probs' temporary file, left by a killed run
     write_mask_csv(tmp_path / "train.csv", rles)
     out = tmp_path / "pp.json"
-    main = runpy.run_path(str(REPO / "scripts/tune_postprocess.py"))["main"]
-    main(["--probs", str(probs_dir), "--truth", str(tmp_path / "train.csv"), "--out", str(out),
-          "--min-total-areas", "0", "100"])
-    assert 0.48 < PostProcess.from_json(out).threshold[0] < 0.62
-    assert "6 images" in capsys.readouterr().out
+    script = runpy.run_path(str(REPO / "scripts/tune_postprocess.py"))
+    script["main"](["--probs", str(probs_dir), "--truth", str(tmp_path / "train.csv"), "--out", str(out),
+                    "--min-total-areas", "0", "100"])
+    tuned = PostProcess.from_json(out)
+    assert 0.48 < tuned.threshold[0] < 0.62
+    out_lines = capsys.readouterr().out.splitlines()
+    printed = out_lines[out_lines.index("6 images"):]  # after the csv reader's summary
+    assert printed[1].split() == ["score", "class", "1", "class", "2", "class", "3", "class", "4"]
+    assert printed[2].split()[0] == "before" and printed[3].split()[0] == "after"
+    assert printed[4].split() == ["threshold", *(f"{t:.4f}" for t in tuned.threshold)]
+    assert printed[6].split() == ["min_total_area", *map(str, tuned.min_total_area)]
+
+    (probs_dir / "img0.npz").unlink()  # --images names an image without probabilities
+    with pytest.raises(SystemExit, match="1 of 6 images .* have no probabilities, e.g. .*img0.npz"):
+        script["main"](["--probs", str(probs_dir), "--truth", str(tmp_path / "train.csv"), "--out", str(out),
+                        "--images", str(write_ids(tmp_path / "ids.txt", rles))])
+
+
+def write_ids(path: Path, rles: dict) -> Path:
+    path.write_text("".join(f"{image_id}\n" for image_id in rles))
+    return path
 
 
 def blobby_samples(n: int = 6, seed: int = 0):

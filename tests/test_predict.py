@@ -1,4 +1,4 @@
-"""predict.py and engine.inference: outputs, bad files, resume, checkpoint
+"""predict.py and inference.predictor: outputs, bad files, resume, checkpoint
 averaging, and a round trip from truth masks to a perfect score.
 
 Real checkpoints are random tiny U-Nets (their masks are noise; the tests
@@ -24,7 +24,8 @@ import predict
 from core.checkpoint import save_checkpoint
 from core.classes import CLASS_IDS
 from core.config import ConfigError, PredictConfig, load_config, to_dict
-from core.distributed import init_distributed
+from core.distributed import DistInfo, init_distributed
+from datasets.io import ImageReadError
 from datasets.rle import rle_decode, rle_encode
 from datasets.severstal import COMPETITION, RERELEASED, write_mask_csv
 from inference import predictor as predictor_module
@@ -34,7 +35,9 @@ from inference.predictor import (
     Predictor,
     class_map,
     has_class_head,
+    missing_probs,
     predict_folder,
+    predict_probs_files,
     read_journals,
     same_size_groups,
 )
@@ -52,7 +55,7 @@ def save_tiny_checkpoint(path: Path, seed: int, *overrides: str) -> Path:
     """A random model (U-Net resnet18 unless ``overrides`` say otherwise) saved
     with the keys load_model reads, as the trainer saves them."""
     torch.manual_seed(seed)
-    cfg = load_config(None, ["--model.encoder=resnet18", *overrides])
+    cfg = load_config(None, ["--model.smp.encoder=resnet18", *overrides])
     model = build_model(cfg)
     save_checkpoint({"model": model.state_dict(), "ema": None, "config": to_dict(cfg), "epoch": 1, "step": 1,
                      "best_score": 0.0}, path)
@@ -205,7 +208,7 @@ def test_postprocess_file_replaces_the_thresholds(checkpoints, tmp_path):
 
 def test_overrides_other_than_predict_and_postprocess_are_refused(checkpoints, tmp_path):
     with pytest.raises(SystemExit):
-        predict.parse_args(["--checkpoint", "a.pt", "--images", "i", "--out", "o", "--model.arch=FPN"])
+        predict.parse_args(["--checkpoint", "a.pt", "--images", "i", "--out", "o", "--model.smp.arch=FPN"])
     images = write_images(tmp_path / "images", {"x.jpg": noise_image(64, 64)})
     with pytest.raises(SystemExit, match="predict.tilee"):
         run_predict(checkpoints[:1], images, tmp_path / "out", "--predict.tilee=3")
@@ -292,7 +295,7 @@ def test_predictor_averages_probs_and_class_probs_of_models_with_a_head():
 
 
 def test_smp_model_without_head_has_no_class_probs_and_gate_needs_one(tmp_path):
-    unet = build_model(load_config(None, ["--model.encoder=resnet18"]))
+    unet = build_model(load_config(None, ["--model.smp.encoder=resnet18"]))
     assert not has_class_head(unet)
     images = write_images(tmp_path / "images", {"x.jpg": noise_image(64, 64)})
     with pytest.raises(ConfigError, match="classification head"):
@@ -306,6 +309,30 @@ def test_same_size_groups_batch_consecutive_images_of_one_size():
     groups = list(same_size_groups(items, lambda h, w: 2))
     assert [names for names, _ in groups] == [["0", "1"], ["2"], ["3"], ["4"]]
     assert groups[0][1].shape == (2, 3, 8, 8)
+
+
+def test_probs_files_shard_over_ranks_and_resume_from_the_files(tmp_path):
+    names = [f"img{i}.jpg" for i in range(5)]
+    images = write_images(tmp_path / "images", {n: noise_image(64, 64, seed=i) for i, n in enumerate(names)})
+    predictor = Predictor([Constant(0.25)], PredictConfig(num_workers=0, tile=64, stride=64))
+    out, single = tmp_path / "out", init_distributed("cpu")
+    rank1 = DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    assert predict_probs_files(predictor, images, names, out, rank1) == 2  # no process group: this rank's count
+    assert sorted(p.name for p in out.iterdir()) == ["img1.npz", "img3.npz"]
+    np.testing.assert_allclose(load_probs(out / "img3.npz")[0], 0.25)
+    todo = missing_probs(out, names, single)
+    assert todo == ["img0.jpg", "img2.jpg", "img4.jpg"]
+    assert predict_probs_files(predictor, images, todo, out, single) == 3 and missing_probs(out, names, single) == []
+
+
+def test_probs_files_stop_at_an_unreadable_image_or_shared_stems(tmp_path):
+    images = write_images(tmp_path / "images", {"a.jpg": noise_image(64, 64), "a.png": noise_image(64, 64)})
+    (images / "bad.jpg").write_bytes(b"")
+    predictor, single = Predictor([Constant(0.25)], PredictConfig(num_workers=0)), init_distributed("cpu")
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        predict_probs_files(predictor, images, ["a.jpg", "bad.jpg"], tmp_path / "out", single)
+    with pytest.raises(ValueError, match=r"share the file stems \['a'\]"):
+        predict_probs_files(predictor, images, ["a.jpg", "a.png"], tmp_path / "out", single)
 
 
 def test_images_per_call_fills_a_tile_batch():
@@ -336,8 +363,8 @@ def test_journal_survives_a_torn_last_line(tmp_path):
 
 def test_maskrcnn_checkpoint_writes_a_valid_submission(tmp_path):
     """predict.py takes a Mask R-CNN checkpoint unchanged, tiled and full-frame."""
-    checkpoint = save_tiny_checkpoint(tmp_path / "mrcnn.pt", 0, "--model.name=maskrcnn", "--model.backbone=resnet18",
-                                      "--model.score_threshold=0.0", "--model.detections_per_image=3")
+    checkpoint = save_tiny_checkpoint(tmp_path / "mrcnn.pt", 0, "--model.name=maskrcnn", "--model.maskrcnn.backbone=resnet18",
+                                      "--model.maskrcnn.score_threshold=0.0", "--model.maskrcnn.detections_per_image=3")
     images = write_images(tmp_path / "images", {"a.jpg": noise_image(256, 480)})
     for mode in ([], ["--full-frame"]):
         out = tmp_path / f"out{len(mode)}"
@@ -347,7 +374,7 @@ def test_maskrcnn_checkpoint_writes_a_valid_submission(tmp_path):
 
 
 def test_gradcam_pictures_for_a_two_head_model(tmp_path):
-    checkpoint = save_tiny_checkpoint(tmp_path / "heads.pt", 0, "--model.classification_head=true", "--loss.cls=0.2")
+    checkpoint = save_tiny_checkpoint(tmp_path / "heads.pt", 0, "--model.smp.classification_head=true", "--loss.cls=0.2")
     images = write_images(tmp_path / "images", {"a.jpg": noise_image(256, 512)})
     run_predict([checkpoint], images, tmp_path / "out", "--gradcam")
     panel = cv2.imread(str(tmp_path / "out" / "gradcam" / "a.jpg"))

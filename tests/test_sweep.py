@@ -169,9 +169,9 @@ def test_architecture_refusing_the_configs_arguments_fails_before_any_trial(tmp_
     """demo_cpu.yaml's FPN widths are not a Unet's arguments: the model each
     value builds is checked too, not only the config keys."""
     command = [*COMMAND[:3], "--config", str(REPO / "configs/demo_cpu.yaml"), "${args}"]
-    spec = load_sweep(write_sweep(tmp_path, "train.py", {"model.arch": {"values": ["FPN", "Unet"]}}, command=command))
-    check_parameters(spec, ["--model.arch_kwargs={}"])  # every architecture at smp's widths
-    with pytest.raises(SweepError, match="'model.arch' = 'Unet'.*arch_kwargs.decoder_pyramid_channels: Unet takes no"):
+    spec = load_sweep(write_sweep(tmp_path, "train.py", {"model.smp.arch": {"values": ["FPN", "Unet"]}}, command=command))
+    check_parameters(spec, ["--model.smp.arch_kwargs={}"])  # every architecture at smp's widths
+    with pytest.raises(SweepError, match="'model.smp.arch' = 'Unet'.*arch_kwargs.decoder_pyramid_channels: Unet takes no"):
         check_parameters(spec)
 
 
@@ -198,9 +198,9 @@ def test_bad_sweep_file_fails_clearly(tmp_path, change, message):
 
 
 def test_trial_args_are_what_the_wandb_agent_passes():
-    values = {"optim.lr": 1e-05, "loss.dice": 0.25, "model.encoder": "resnet18", "data.crop_width": 512}
+    values = {"optim.lr": 1e-05, "loss.dice": 0.25, "model.smp.encoder": "resnet18", "data.crop_width": 512}
     agent = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})["args"]
-    assert trial_args(values) == agent == ["--optim.lr=1e-05", "--loss.dice=0.25", "--model.encoder=resnet18",
+    assert trial_args(values) == agent == ["--optim.lr=1e-05", "--loss.dice=0.25", "--model.smp.encoder=resnet18",
                                            "--data.crop_width=512"]
 
 
@@ -317,7 +317,7 @@ def test_local_sweep_of_the_real_train_py(tmp_path):
     sweep = write_sweep(tmp_path, REPO / "train.py", method="bayes", command=command)
     table = run_fake(sweep, 2, f"--data.root={data}", "--data.num_workers=0", "--data.batch_size=4",
                      "--data.val_batch_size=2", "--data.max_val_images=2", "--data.crop_width=128",
-                     "--data.crop_height=128", "--model.encoder=resnet18", "--train.epochs=1",
+                     "--data.crop_height=128", "--model.smp.encoder=resnet18", "--train.epochs=1",
                      "--train.max_steps_per_epoch=1", "--wandb.mode=disabled")
     assert list(table["state"]) == ["complete", "complete"], table["error"].tolist()
     assert table["value"].between(0, 1).all()
@@ -345,7 +345,7 @@ def test_logger_applies_a_sweeps_dotted_keys_only_under_a_sweep():
 
     logger, cfg = RunLogger(Config(), is_main=False), Config()
     assert logger.sweep_overrides(cfg) is False  # no W&B run
-    logger.run = SimpleNamespace(sweep_id=None, config=RunConfig({"model.arch_kwargs.upsampling": 2}))
-    assert logger.sweep_overrides(cfg) is False and cfg.model.arch_kwargs == {}  # a run outside a sweep
+    logger.run = SimpleNamespace(sweep_id=None, config=RunConfig({"model.smp.arch_kwargs.upsampling": 2}))
+    assert logger.sweep_overrides(cfg) is False and cfg.model.smp.arch_kwargs == {}  # a run outside a sweep
     logger.run.sweep_id = "s1"
-    assert logger.sweep_overrides(cfg) is True and cfg.model.arch_kwargs == {"upsampling": 2}
+    assert logger.sweep_overrides(cfg) is True and cfg.model.smp.arch_kwargs == {"upsampling": 2}

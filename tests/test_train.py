@@ -1,6 +1,8 @@
 """The real train.py on a tiny synthetic dataset: smoke runs, resume, torchrun
-and the promised config errors."""
+and the promised config errors; the Trainer's step, its validation
+pictures, and the benchmarks that time that step."""
 
+import copy
 import json
 import os
 import re
@@ -10,18 +12,21 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import pytest
 import torch
 import yaml
 
 import train
 from core.checkpoint import load_checkpoint
-from core.config import to_dict
+from core.config import load_config, to_dict
 from core.precision import resolve_amp
 from inference.metrics import dice_from_counts, kaggle_score, pair_counts
-from models import load_model
+from models import build_model, load_model
 from training import logger as logger_module
 from training import trainer as trainer_module
+from training.data import load_run_data
+from training.optim import build_ema, build_optimizer, build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +35,7 @@ def tiny_args(root, out, *extra):
     """A run small enough for a unit test: 2 epochs x 2 steps of 4 crops, 4 val strips."""
     return ["--config", str(REPO / "configs/demo_cpu.yaml"), f"--data.root={root}", f"--output_dir={out}",
             "--data.num_workers=0", "--data.batch_size=4", "--data.val_batch_size=2", "--data.max_val_images=4",
-            "--model.encoder=resnet18", "--train.epochs=2", "--train.max_steps_per_epoch=2",
+            "--model.smp.encoder=resnet18", "--train.epochs=2", "--train.max_steps_per_epoch=2",
             "--wandb.mode=disabled", "--data.crop_width=128", "--data.crop_height=128", *extra]
 
 
@@ -58,7 +63,10 @@ def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, monkey
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
     assert [("val" in l) for l in lines] == [val_every == 1, True]  # validated every val_every epochs and at the end
-    assert 0.0 <= record["val"]["score"] <= 1.0 and set(record["val"]["per_class"]) == {"1", "2", "3", "4"}
+    assert set(record["val"]["per_class"]) == {"1", "2", "3", "4"}
+    val_ids = load_run_data(load_config(out / "config.yaml")).val_ids
+    rescored = single_process_score(out / "last.pt", tiny_data, val_ids, amp=expected, batch_size=2)
+    assert record["val"]["score"] == pytest.approx(rescored, abs=1e-6)  # the last epoch's weights, rescored
     model, cfg = load_model(out / "best.pt")
     assert not model.training and cfg.train.amp == expected
 
@@ -102,8 +110,8 @@ def test_existing_run_needs_resume(tiny_data, tmp_path):
     ("--train.epochz=3", "unknown key 'train.epochz'"),
     ("--train.amp=fp32", "'train.amp' = 'fp32' is not one of"),
     ("--optim.lr=fast", "'optim.lr' must be float"),
-    ("--model.arch=Unett", "model.arch='Unett' is not an smp architecture"),  # checked by building on meta
-    ("--model.arch_kwargs.decoder_chanels=[8,8,8,8,8]", "model.arch_kwargs.decoder_chanels: Unet takes no"),
+    ("--model.smp.arch=Unett", "model.smp.arch='Unett' is not an smp architecture"),  # checked by building on meta
+    ("--model.smp.arch_kwargs.decoder_chanels=[8,8,8,8,8]", "model.smp.arch_kwargs.decoder_chanels: Unet takes no"),
 ])
 def test_bad_config_fails_before_work(tmp_path, override, message):
     result = subprocess.run([sys.executable, "train.py", f"--output_dir={tmp_path / 'run'}", override],
@@ -117,9 +125,11 @@ def test_fp16_on_cpu_is_refused(tiny_data, tmp_path):
         train.main(tiny_args(tiny_data, tmp_path / "run", "--train.amp=fp16", "--train.device=cpu"))
 
 
-def single_process_score(checkpoint, root, val_ids):
+def single_process_score(checkpoint, root, val_ids, amp="off", batch_size=1):
     """Score a checkpoint's weights on whole strips, one process, no loader,
-    float32 (bf16 kernels round differently for other batch shapes)."""
+    ``batch_size`` strips per forward in ``amp`` (bf16 kernels round
+    differently for other batch shapes: compare bf16 scores at the batch
+    size that made them)."""
     from datasets.semantic import SeverstalSegmentation
     from datasets.severstal import Annotations
 
@@ -127,10 +137,12 @@ def single_process_score(checkpoint, root, val_ids):
     ann = Annotations.load(Path(root) / "train.csv", Path(root) / "train_images")
     dataset = SeverstalSegmentation(ann, val_ids, crop=None)
     counts = []
-    with torch.inference_mode():
-        for image, target in dataset:
-            probs = model(image[None]).float()
-            counts.append(pair_counts(probs > cfg.train.val_threshold, target["masks"][None] > 0.5))
+    with torch.inference_mode(), resolve_amp(amp, "cpu").autocast():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images, targets = dataset.collate_fn(items)
+            probs = model(images).float()
+            counts.append(pair_counts(probs > cfg.train.val_threshold, targets["masks"] > 0.5))
     import numpy as np
 
     return kaggle_score(dice_from_counts(np.concatenate(counts)))["score"]
@@ -147,9 +159,6 @@ def test_torchrun_two_processes_matches_single_process(tiny_data, tmp_path):
     assert result.stdout.count("epoch 1/1") == 1  # only rank 0 reports
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["val"]["n_images"] == 5  # odd count: no padded duplicates across ranks
-    from core.config import load_config
-    from training.data import load_run_data
-
     cfg = load_config(out / "config.yaml")
     val_ids = load_run_data(cfg).val_ids
     assert single_process_score(out / "last.pt", tiny_data, val_ids) == pytest.approx(record["val"]["score"], abs=1e-6)
@@ -189,11 +198,145 @@ def test_wandb_config_records_the_resolved_precision(tiny_data, tmp_path, monkey
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--archs", "FPN,Foo"], "bench_train.py: --archs Foo: model.arch='Foo' is not an smp architecture"),
-    (["--model.encoder=resnet19"], "bench_train.py: model.encoder='resnet19' is not an smp encoder"),
+    (["--archs", "FPN,Foo"], "bench_train.py: --archs Foo: model.smp.arch='Foo' is not an smp architecture"),
+    (["--model.smp.encoder=resnet19"], "bench_train.py: model.smp.encoder='resnet19' is not an smp encoder"),
 ])
 def test_bench_train_refuses_a_bad_model_before_timing(args, message, tmp_path):
     bench = runpy.run_path(str(REPO / "scripts/bench_train.py"))["main"]
     with pytest.raises(SystemExit, match=re.escape(message)):
         bench([*args, f"--data.root={tmp_path / 'absent'}"])
     assert not (tmp_path / "absent").exists()  # refused before the stand-in data is written
+
+
+class TinySegmentation(torch.utils.data.Dataset):
+    """``n`` random 64x64 images, each with one rectangle of class 1: the
+    semantic dataset contract (docs/CONTRACTS.md) without files."""
+
+    collate_fn = staticmethod(torch.utils.data.default_collate)
+
+    def __init__(self, n: int):
+        self.images = torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        masks = torch.zeros(4, 64, 64)
+        masks[0, 8:24, 4 * index : 4 * index + 32] = 1
+        return self.images[index], {"masks": masks, "labels": masks.amax((1, 2)), "image_id": str(index)}
+
+    def set_seed(self, seed: int) -> None:
+        """Nothing is drawn: the items are fixed."""
+
+
+def tiny_trainer(dataset, **train):
+    """A float32 CPU Trainer of a resnet18 Unet (no weights), 2 images per batch, ``train.*`` set from ``train``."""
+    cfg = load_config(overrides=["--model.smp.encoder=resnet18", "--data.batch_size=2", "--data.num_workers=0",
+                                 "--train.amp=off", "--train.epochs=2", "--optim.warmup_epochs=1", "--loss.dice=0.5"])
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    return trainer_module.local_trainer(cfg, model, dataset, resolve_amp("off", "cpu")), cfg
+
+
+def test_train_step_is_one_clipped_accumulated_step_with_ema_and_schedule():
+    """train_step([b1, b2]) against the step written out by hand: the mean
+    loss of two micro-batches backpropagated, clipped, stepped, averaged
+    into the EMA, then the schedule advanced."""
+    dataset = TinySegmentation(4)
+    trainer, cfg = tiny_trainer(dataset, accum_steps=2, clip_grad=0.05, ema=0.9)
+    reference = copy.deepcopy(trainer.raw_model)
+    optimizer = build_optimizer(reference, cfg.optim)
+    scheduler, _ = build_scheduler(optimizer, cfg.optim, trainer.steps_per_epoch, cfg.train.epochs)
+    ema = build_ema(reference, cfg.train.ema)
+    batches = [dataset.collate_fn([dataset[2 * k], dataset[2 * k + 1]]) for k in range(2)]
+
+    logged = trainer.train_step(batches)
+
+    expected = {}
+    for images, targets in batches:
+        losses = reference(images, targets)
+        (sum(losses.values()) / 2).backward()
+        for name, value in [*losses.items(), ("loss", sum(losses.values()))]:
+            expected[name] = expected.get(name, 0.0) + float(value.detach()) / 2
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.train.clip_grad)
+    assert norm > cfg.train.clip_grad  # the clipping did something
+    optimizer.step()
+    ema.update_parameters(reference)
+    scheduler.step()
+    assert logged == pytest.approx(expected, rel=1e-6) and set(logged) == {"loss_bce", "loss_dice", "loss"}
+    for mine, theirs in [(trainer.raw_model, reference), (trainer.ema.module, ema.module)]:
+        for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name  # the same operations in the same order
+    assert trainer.step == 1 and trainer.optimizer.param_groups[-1]["lr"] == optimizer.param_groups[-1]["lr"]
+    assert all(p.grad is None for p in trainer.raw_model.parameters())  # ready for the next step
+
+
+def test_train_one_epoch_takes_its_steps_through_train_step(monkeypatch):
+    """3 batches at accum_steps=2: one step of 2 micro-batches, one of 1; the
+    epoch's losses are the mean over micro-batches."""
+    trainer, _ = tiny_trainer(TinySegmentation(7), accum_steps=2)
+    steps = []
+    real_step = trainer_module.Trainer.train_step
+
+    def recorded(self, batches):
+        steps.append((len(batches), real_step(self, batches)))
+        return steps[-1][1]
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recorded)
+    means = trainer.train_one_epoch(1)
+    assert [n for n, _ in steps] == [2, 1] and trainer.step == 2
+    assert means == pytest.approx({k: (2 * steps[0][1][k] + steps[1][1][k]) / 3 for k in means}, rel=1e-6)
+
+
+def test_validation_overlay_shows_the_strip_in_bgr():
+    """overlay_panel draws on BGR (cv2): a pure red RGB strip must come out
+    red, i.e. cv2 reads the panel back as RGB (255, 0, 0)."""
+    images = torch.zeros(1, 3, 32, 64)
+    images[:, 0] = 1.0  # the red channel of an RGB tensor
+    empty = torch.zeros(1, 4, 32, 64)
+    panels = trainer_module.Trainer._overlays(images, empty > 0, {"masks": empty, "image_id": ["a.jpg"]}, n=1)
+    strip = panels["val/a.jpg"][-32:]  # the truth strip, nothing outlined on it
+    assert (cv2.cvtColor(strip, cv2.COLOR_BGR2RGB) == (255, 0, 0)).all()
+
+
+def recorded_train_step(calls: list):
+    """A stand-in for ``Trainer.train_step`` in a benchmark: appends what it
+    was asked to time to ``calls`` (precision, micro-batches, the first
+    one's image shape, the model's RoIs per image when it has RoI heads)
+    and returns at once."""
+
+    def train_step(trainer, batches):
+        roi_heads = getattr(getattr(trainer.raw_model, "net", None), "roi_heads", None)
+        rois = roi_heads.fg_bg_sampler.batch_size_per_image if roi_heads is not None else None
+        calls.append((trainer.precision.amp, len(batches), tuple(batches[0][0].shape), rois))
+        return {"loss": 0.0}
+
+    return train_step
+
+
+def test_bench_train_times_the_trainers_step(tiny_data, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recorded_train_step(calls))
+    bench = runpy.run_path(str(REPO / "scripts/bench_train.py"))["main"]
+    bench(["--steps", "1", "--samples", "2", f"--data.root={tiny_data}", "--data.batch_size=2"])
+    shape = (2, 3, 256, 128)  # demo_cpu.yaml's crops
+    assert calls == [("off", 1, shape, None)] * 3 + [("bf16", 1, shape, None)] * 3  # 2 untimed + 1 timed each
+    out = capsys.readouterr().out
+    for line in ("native bf16", "train images/s, float32", "train images/s, bf16 autocast", "bf16 / float32",
+                 "one worker / fastest training"):
+        assert line in out
+
+
+def test_bench_maskrcnn_times_the_trainers_step(tiny_data, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recorded_train_step(calls))
+    bench = runpy.run_path(str(REPO / "scripts/bench_maskrcnn.py"))["main"]
+    bench(["--steps", "1", f"--data.root={tiny_data}", "--data.batch_size=1"])
+    amp = resolve_amp("auto", "cpu").amp
+    # torchvision's 512 RoIs, then the config's 64: on 256x256 crops, then its own 256x128
+    assert calls == ([(amp, 1, (1, 3, 256, 256), 512)] * 3 + [(amp, 1, (1, 3, 256, 256), 64)] * 3
+            + [(amp, 1, (1, 3, 256, 128), 64)] * 3)
+    out = capsys.readouterr().out
+    assert "native bf16" in out and "speed-up" in out and out.count("x\n") == 3

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from itertools import islice
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from core.distributed import DistInfo, broadcast_module_state, gather_objects, m
 from core.precision import Precision, resolve_amp
 from core.progress import progress
 from inference.metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
-from inference.visualize import overlay_panel
+from inference.visualize import overlay_panel, to_bgr_uint8
 
 from .data import train_loader, val_loader
 from .logger import RunLogger
@@ -123,26 +125,51 @@ class Trainer:
         return record
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
+        """One pass over the epoch's training loader: ``steps_per_epoch``
+        calls of :meth:`train_step` on ``train.accum_steps`` micro-batches
+        each (the last may have fewer). Returns each logged loss averaged
+        over the micro-batches and then over ranks."""
         loader = train_loader(self.train_set, self.cfg, self.dist, epoch)
-        accum = self.cfg.train.accum_steps
-        n_batches = min(len(loader), self.steps_per_epoch * accum)
-        sums: dict[str, float] = {}
+        n_batches = min(len(loader), self.steps_per_epoch * self.cfg.train.accum_steps)
         bar = progress(loader, self.dist.is_main, total=n_batches, desc=f"epoch {epoch}")
-        for i, (images, targets) in enumerate(bar):
-            if i >= n_batches:
-                break
-            boundary = (i + 1) % accum == 0 or i + 1 == n_batches
-            losses = self._forward_backward(images, targets, sync=boundary)
+        sums: dict[str, float] = {}
+        for batches in _groups(islice(bar, n_batches), self.cfg.train.accum_steps):
+            losses = self.train_step(batches)
             for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value
-            if boundary:
-                self._optimizer_step()
+                sums[name] = sums.get(name, 0.0) + value * len(batches)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
         means = {k: v / n_batches for k, v in sums.items()}
         return mean_across_ranks(means, self.device)
 
-    def _forward_backward(self, images, targets, sync: bool) -> dict[str, float]:
+    def train_step(self, batches: Sequence[tuple]) -> dict[str, float]:
+        """One optimiser step as the loop takes it (detectron2's ``run_step``;
+        the benchmarks time it).
+
+        ``batches``: the step's micro-batches, each ``(images, targets)`` as
+        the training dataset's ``collate_fn`` makes them, on any device:
+        ``train.accum_steps`` of them in the loop, fewer at an epoch's end,
+        one for a plain step. Each is moved to the trainer's device
+        (channels_last with ``train.channels_last``), run forward in train
+        mode under the trainer's autocast, and its loss sum / len(batches)
+        backpropagated through the GradScaler (under DDP, all but the last
+        in ``no_sync``). Then gradient clipping (``train.clip_grad``), the
+        optimiser and scaler step, the EMA update, the per-step scheduler
+        and ``self.step += 1``.
+
+        Returns float losses, the model's dict plus their sum ``"loss"``,
+        each the mean over the micro-batches (unscaled, this rank's). A
+        non-finite sum raises FloatingPointError naming the losses, before
+        its backward pass.
+        """
+        if not batches:
+            raise ValueError("train_step needs at least one (images, targets) batch")
+        self.model.train()
+        logged = [self._forward_backward(images, targets, len(batches), sync=i == len(batches) - 1)
+                  for i, (images, targets) in enumerate(batches)]
+        self._optimizer_step()
+        return {name: sum(values[name] for values in logged) / len(logged) for name in logged[0]}
+
+    def _forward_backward(self, images, targets, n_micro: int, sync: bool) -> dict[str, float]:
         images = to_device(images, self.device)
         targets = to_device(targets, self.device)
         if self.cfg.train.channels_last:
@@ -155,7 +182,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 raise FloatingPointError(f"non-finite loss at epoch {self.epoch + 1}, step {self.step}: {values}")
-            self.scaler.scale(loss / self.cfg.train.accum_steps).backward()
+            self.scaler.scale(loss / n_micro).backward()
         logged = {k: float(v.detach()) for k, v in losses.items()}
         logged["loss"] = float(loss.detach())
         return logged
@@ -213,9 +240,13 @@ class Trainer:
 
     @staticmethod
     def _overlays(images, pred, targets, n: int) -> dict[str, np.ndarray]:
+        """Up to ``n`` validation panels (uint8 BGR [*, W, 3], as ``overlay_panel``
+        draws and ``RunLogger.log_epoch`` writes them), keyed ``val/<image_id>``:
+        ``images`` float [B, 3, H, W] RGB in [0, 1]; ``pred`` bool [B, 4, H, W];
+        ``targets["masks"]`` float [B, 4, H, W] in {0, 1}."""
         out = {}
         for image, p, t, image_id in list(zip(images, pred, targets["masks"], targets["image_id"]))[:n]:
-            strip = (image.float().cpu().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            strip = to_bgr_uint8(image.float().cpu())  # overlay_panel draws on cv2's BGR
             out[f"val/{image_id}"] = overlay_panel(strip, p.numpy(), t.numpy() > 0.5, title=image_id)
         return out
 
@@ -261,6 +292,28 @@ class Trainer:
             line += (f" val {r['val']['score']:.4f} (empty {r['val']['empty_baseline']:.4f}; {per_class}) "
                      f"best {r['best_score']:.4f}")
         print(f"{line} [{r['time_s']:.0f}s]", flush=True)
+
+
+def local_trainer(cfg: Config, model: nn.Module, train_set, precision: Precision, val_set=None) -> Trainer:
+    """A single-process Trainer on ``precision.device`` whose logger records
+    nothing (no W&B run, no metrics file): for timing and testing
+    :meth:`Trainer.train_step`. ``train_set`` sizes the schedule (at least
+    ``data.batch_size`` items); ``evaluate`` needs ``val_set``."""
+    device = torch.device(precision.device)
+    return Trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=device), model, train_set, val_set,
+                   RunLogger(cfg, is_main=False), precision)
+
+
+def _groups(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items of ``items``; the last may be shorter."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _strip_ema(state: dict) -> dict:

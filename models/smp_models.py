@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.config import Config, ConfigError, ModelConfig
+from core.classes import NUM_CLASSES
+from core.config import Config, ConfigError, SmpConfig
 
 from .losses import SegLoss, build_seg_loss
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLS_HEAD_DROPOUT = 0.2  # smp's default; ModelConfig has no field for it
+CLS_HEAD_DROPOUT = 0.2  # smp's default; SmpConfig has no field for it
 
 
 class SegmentationModel(nn.Module):
@@ -69,7 +70,7 @@ class SegmentationModel(nn.Module):
         """The encoder's deepest feature map [B, K, H/32, W/32], which the
         classification head reads (and Grad-CAM explains)."""
         if not self.has_classification_head:
-            raise RuntimeError("this model was built without model.classification_head")
+            raise RuntimeError("this model was built without model.smp.classification_head")
         return self.net.encoder(self._normalise(images))[-1]
 
     def classify_features(self, features: Tensor) -> Tensor:
@@ -84,30 +85,30 @@ class SegmentationModel(nn.Module):
         return (images - self.mean) / self.std
 
 
-# create_model arguments that model.arch_kwargs may not set, and why
-SET_BY_CONFIG = {"encoder_name": "set by model.encoder", "encoder_weights": "set by model.encoder_weights",
-                 "in_channels": "always 3", "classes": "set by model.num_classes",
-                 "aux_params": "set by model.classification_head and model.cls_pooling",
+# create_model arguments that model.smp.arch_kwargs may not set, and why
+SET_BY_CONFIG = {"encoder_name": "set by model.smp.encoder", "encoder_weights": "set by model.smp.encoder_weights",
+                 "in_channels": "always 3", "classes": "always 4, the Severstal classes",
+                 "aux_params": "set by model.smp.classification_head and model.smp.cls_pooling",
                  "activation": "always none: the model applies its own sigmoid"}
 
 
-def checked_arch_kwargs(m: ModelConfig) -> dict:
-    """``model.arch_kwargs`` checked against the smp architecture's named
+def checked_arch_kwargs(m: SmpConfig) -> dict:
+    """``model.smp.arch_kwargs`` checked against the smp architecture's named
     parameters (a misspelt one would otherwise vanish into ``**kwargs``);
-    ``model.arch`` and ``model.encoder`` are checked on the way."""
+    ``model.smp.arch`` and ``model.smp.encoder`` are checked on the way."""
     arch, encoder, kwargs = m.arch, m.encoder, m.arch_kwargs
     archs = smp.MODEL_ARCHITECTURES_MAPPING
     if arch.lower() not in archs:
-        raise ConfigError(f"model.arch={arch!r} is not an smp architecture; valid: "
+        raise ConfigError(f"model.smp.arch={arch!r} is not an smp architecture; valid: "
                           f"{', '.join(a.__name__ for a in archs.values())}")
     if encoder.startswith("tu-"):
         import timm
 
         if not timm.is_model(encoder[3:]):
-            raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} (timm.list_models())")
+            raise ConfigError(f"model.smp.encoder={encoder!r}: timm has no model {encoder[3:]!r} (timm.list_models())")
     elif encoder not in smp.encoders.get_encoder_names():
         close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=3)
-        raise ConfigError(f"model.encoder={encoder!r} is not an smp encoder"
+        raise ConfigError(f"model.smp.encoder={encoder!r} is not an smp encoder"
                           + (f" (close: {', '.join(close)})" if close else "")
                           + "; a timm model is written tu-<name>, e.g. tu-convnext_tiny")
     cls = archs[arch.lower()]
@@ -115,9 +116,9 @@ def checked_arch_kwargs(m: ModelConfig) -> dict:
              if p.kind is not p.VAR_KEYWORD and n not in SET_BY_CONFIG]
     for name in kwargs:
         if name in SET_BY_CONFIG:
-            raise ConfigError(f"model.arch_kwargs.{name}: {SET_BY_CONFIG[name]}")
+            raise ConfigError(f"model.smp.arch_kwargs.{name}: {SET_BY_CONFIG[name]}")
         if name not in named:
-            raise ConfigError(f"model.arch_kwargs.{name}: {cls.__name__} takes no such argument; "
+            raise ConfigError(f"model.smp.arch_kwargs.{name}: {cls.__name__} takes no such argument; "
                               f"it takes {', '.join(named)}")
     return kwargs
 
@@ -128,25 +129,25 @@ def _image_label_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(class_logits.float(), labels.float())
 
 
-def build_unet(cfg: Config) -> SegmentationModel:
-    """The smp network named by ``cfg.model.arch`` / ``cfg.model.encoder``.
+def build_smp(cfg: Config) -> SegmentationModel:
+    """The smp network named by ``cfg.model.smp.arch`` / ``cfg.model.smp.encoder``.
 
-    Weights come only from ``cfg.model.encoder_weights`` (None, the default,
+    Weights come only from ``cfg.model.smp.encoder_weights`` (None, the default,
     never downloads). A classification head needs ``cfg.loss.cls > 0``: an
     untrained gate is worse than none.
     """
-    m = cfg.model
+    m = cfg.model.smp
     if m.classification_head and cfg.loss.cls <= 0:
-        raise ConfigError("model.classification_head needs loss.cls > 0 (the weight of its BCE)")
+        raise ConfigError("model.smp.classification_head needs loss.cls > 0 (the weight of its BCE)")
     aux_params = None
     if m.classification_head:
-        aux_params = dict(classes=m.num_classes, pooling=m.cls_pooling, dropout=CLS_HEAD_DROPOUT)
+        aux_params = dict(classes=NUM_CLASSES, pooling=m.cls_pooling, dropout=CLS_HEAD_DROPOUT)
     kwargs = checked_arch_kwargs(m)
     try:
         net = smp.create_model(arch=m.arch, encoder_name=m.encoder, encoder_weights=m.encoder_weights,
-                               in_channels=3, classes=m.num_classes, aux_params=aux_params, **kwargs)
+                               in_channels=3, classes=NUM_CLASSES, aux_params=aux_params, **kwargs)
     except (TypeError, ValueError) as err:
         if not kwargs:
             raise
-        raise ConfigError(f"model.arch_kwargs={kwargs} for {m.arch}: {type(err).__name__}: {err}") from err
+        raise ConfigError(f"model.smp.arch_kwargs={kwargs} for {m.arch}: {type(err).__name__}: {err}") from err
     return SegmentationModel(net, build_seg_loss(cfg.loss), cls_weight=cfg.loss.cls)
