@@ -9,7 +9,7 @@ PRED ?= outputs/demo
 # train.amp and predict.amp of the demo: auto | off | bf16 (core/precision.py); `make demo AMP=off` forces float32
 AMP ?= auto
 
-.PHONY: demo test test-slow test-all venv bench clean
+.PHONY: demo test test-slow test-all venv bench serve clean
 
 venv: $(STAMP)
 
@@ -44,11 +44,20 @@ demo: $(STAMP)
 	$(PY) scripts/evaluate.py --pred $(PRED)/submission.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
 	@echo "pictures: $(PRED)/overlays/*.jpg (test strips), $(RUN)/fold0/overlays/*.jpg (validation)"
 
+# the demo's model as a service on the loopback, with a fresh API key (SERVE_KEY=... to choose one)
+serve: $(STAMP)
+	@test -f $(RUN)/fold0/best.pt || { echo "no $(RUN)/fold0/best.pt: run make demo first"; exit 1; }
+	@key=$${SERVE_KEY:-$$($(PY) -c "import secrets; print(secrets.token_urlsafe(18))")}; \
+	echo "API key: $$key"; \
+	echo "try: curl -H 'X-API-Key: $$key' -H 'Content-Type: image/jpeg' --data-binary @$$(ls $(DATA)/test_images/*.jpg | head -1) http://127.0.0.1:8000/v1/inspect"; \
+	SEVERSTAL_API_KEYS=$$key exec $(PY) serve.py --checkpoint $(RUN)/fold0/best.pt --postprocess.file=$(RUN)/postprocess.json
+
 bench: $(STAMP)
 	$(PY) scripts/bench_rle.py
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_predict.py
 	$(PY) scripts/bench_maskrcnn.py
+	$(PY) scripts/bench_serve.py
 
 clean:
 	rm -rf $(RUN) $(PRED) $(DATA)

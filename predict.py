@@ -14,8 +14,12 @@ skipped and listed in OUT/skipped.txt (``--strict``: exit non-zero).
 
 Several checkpoints (e.g. cross-validation folds) are averaged as
 probabilities. The config is the first checkpoint's, with ``--predict.*`` and
-``--postprocess.*`` overrides on top (``--postprocess.file=tuned.json`` reads
-tuned thresholds). ``--resume`` predicts only the images an interrupted run
+``--postprocess.*`` overrides on top. Post-processing, by default, is the one
+tuned on the checkpoint's validation fold when it was trained (for the folds
+of one cross-validation: the settings it tuned out of fold,
+``<cv>/postprocess.json``); ``--postprocess.file=tuned.json`` or single
+``--postprocess.*`` keys override it, and the run prints what it applies and
+where it came from. ``--resume`` predicts only the images an interrupted run
 into the same OUT did not finish.
 """
 
@@ -29,8 +33,9 @@ from core.cli import parse_with_overrides
 from core.config import ConfigError
 from core.distributed import cleanup, init_distributed
 from datasets.severstal import COMPETITION, RERELEASED
-from inference.postprocess import PostProcess
+from inference.postprocess import choose_postprocess
 from inference.predictor import SKIPPED, Predictor, RunSummary, load_models, predict_folder
+from workflows.cross_validation import cv_postprocess_for
 
 OVERRIDABLE = ("predict", "postprocess")  # the config sections predict.py may override
 
@@ -73,9 +78,13 @@ def main(argv=None) -> RunSummary:
     try:
         models, cfg = load_models(args.checkpoint, overrides, dist_info.device)
         predictor = Predictor(models, cfg.predict, dist_info.device)
+        overridden = [o[len("--postprocess."):].split("=", 1)[0] for o in overrides if o.startswith("--postprocess.")]
+        postprocess, origin = choose_postprocess(cfg.postprocess, args.checkpoint, overridden,
+                                                 cv_postprocess_for(args.checkpoint))
         if dist_info.is_main:
             print(f"predict.amp: {predictor.precision.describe()}", flush=True)
-        summary = predict_folder(predictor, PostProcess.from_config(cfg.postprocess), args.images, args.out,
+            print(f"post-processing: {origin}", flush=True)
+        summary = predict_folder(predictor, postprocess, args.images, args.out,
                                  dist_info, layout=args.format, save_probs=args.save_probs,
                                  overlays=args.overlays, gradcam=args.gradcam, resume=args.resume)
     except (ConfigError, FileNotFoundError) as err:

@@ -183,7 +183,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_steps_per_epoch: int = 0  # 0 = a full pass; a cap for smoke runs
     val_every: int = 1  # validate every N epochs (and always after the last)
-    val_threshold: float = 0.5  # pixel threshold for the validation score
+    val_threshold: float = 0.5  # pixel threshold for the validation score (and the tuner's "before")
+    # what picks best.pt: "tuned" = the validation score with post-processing tuned on that validation (what
+    # predict.py then applies by default); "threshold" = the score at val_threshold, which early in training
+    # mostly counts false positives
+    select: Literal["tuned", "threshold"] = "tuned"
     n_overlays: int = 4  # validation overlays logged per epoch
 
 
@@ -221,6 +225,9 @@ class PostprocessConfig:
     gate: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # class-probability gate; 0 = off
     multiply_class_probs: bool = False  # mask probability x class probability before the threshold (4th place)
     file: str = ""  # a json from scripts/tune_postprocess.py; overrides the lists above
+    # where the values above come from, printed by predict.py: "" = these defaults; training writes
+    # "tuned on the validation fold ..." into each checkpoint's config, with the tuned values
+    source: str = ""
 
 
 @dataclass

@@ -35,13 +35,21 @@ def read_image(path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as error:
         raise ImageReadError(f"cannot read image {path}: {error.strerror or error}") from error
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) as RGB uint8 [H, W, 3], as
+    ``read_image`` does for a file. ``source`` names the bytes in errors
+    (a path, a request); raises ImageReadError for empty, corrupt,
+    truncated-JPEG or undecodable data."""
     if not data:
-        raise ImageReadError(f"image file is empty (0 bytes): {path}")
+        raise ImageReadError(f"image file is empty (0 bytes): {source}")
     if data.startswith(JPEG_START) and _truncated_jpeg(data):
-        raise ImageReadError(f"truncated JPEG (no end-of-image marker after the last scan): {path}")
+        raise ImageReadError(f"truncated JPEG (no end-of-image marker after the last scan): {source}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise ImageReadError(f"cannot decode image (corrupt or not an image, {len(data)} bytes): {path}")
+        raise ImageReadError(f"cannot decode image (corrupt or not an image, {len(data)} bytes): {source}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

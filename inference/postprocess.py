@@ -121,6 +121,30 @@ def _numpy(array, dtype) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def choose_postprocess(cfg: PostprocessConfig, checkpoints: Sequence, overridden: Sequence[str] = (),
+                       cv_file: Path | None = None) -> tuple[PostProcess, str]:
+    """The post-processing a prediction applies, and where it came from, in words.
+
+    ``cfg`` is the first checkpoint's stored section with the command line's
+    ``--postprocess.*`` on top (``overridden``: the keys it set). In order:
+    ``postprocess.file`` when given; for several checkpoints with no override,
+    ``cv_file`` (cross-validation's settings, tuned out of fold for exactly
+    those folds) when there is one; otherwise the section itself, which a
+    trained checkpoint fills with the settings tuned on its validation fold
+    (``source`` says so) and the command line's keys override one by one.
+    """
+    if cfg.file:
+        return PostProcess.from_json(cfg.file), f"--postprocess.file={cfg.file}"
+    if len(checkpoints) > 1 and not overridden and cv_file is not None:
+        return PostProcess.from_json(cv_file), f"cross-validation's, tuned out of fold: {cv_file}"
+    origin = f"{checkpoints[0]}, {cfg.source}" if cfg.source else "the config's defaults"
+    if len(checkpoints) > 1:
+        origin += f" (the first of {len(checkpoints)} checkpoints; scripts/cv.py tunes for all of them)"
+    if overridden:
+        origin += f", with {', '.join(f'postprocess.{k}' for k in overridden)} from the command line"
+    return PostProcess.from_config(cfg), origin
+
+
 # ---------------------------------------------------------------- probability files
 
 
@@ -182,6 +206,58 @@ class TuneResult:
     n_images: int
 
 
+class Tuner:
+    """``tune``'s grid search fed one image at a time, so a validation loop
+    can tune as it scores: ``add`` each image, ``merge`` the tuners of other
+    ranks (each image once over all of them), then ``result``. Holds the
+    summed Dice table [4, T, M, A, G] and one base Dice row per image."""
+
+    def __init__(self, thresholds: Sequence[float] = THRESHOLDS,
+                 min_component_areas: Sequence[int] = MIN_COMPONENT_AREAS,
+                 min_total_areas: Sequence[int] = MIN_TOTAL_AREAS, gates: Sequence[float] = GATES,
+                 base: PostProcess | None = None):
+        self.base = base or PostProcess()
+        self.grid = [np.asarray(thresholds, np.float32), np.asarray(min_component_areas),
+                     np.asarray(min_total_areas)]
+        self.gates = np.asarray(gates, np.float32)
+        self.totals: np.ndarray | None = None
+        self.before: list[np.ndarray] = []
+        self.use_gates: bool | None = None
+
+    def add(self, probs, truth, class_probs=None) -> None:
+        """probs: float [4, H, W] in [0, 1]; truth: bool-like [4, H, W];
+        class_probs: float [4] or None (the same for every image)."""
+        probs, truth = _numpy(probs, np.float32), _numpy(truth, bool)
+        if class_probs is not None:
+            class_probs = _numpy(class_probs, np.float32)
+        self._check_gates(class_probs is not None)
+        table = _image_dice_table(probs, truth, class_probs, self.grid, self.gate_grid)
+        self.totals = table if self.totals is None else self.totals + table
+        self.before.append(dice_from_counts(pair_counts(self.base(probs, class_probs), truth)[0]))
+
+    def merge(self, other: "Tuner") -> "Tuner":
+        """This tuner with ``other``'s images added (another rank's share)."""
+        if other.totals is not None:
+            self._check_gates(other.use_gates)
+            self.totals = other.totals if self.totals is None else self.totals + other.totals
+            self.before += other.before
+        return self
+
+    def result(self) -> TuneResult:
+        if self.totals is None:
+            raise ValueError("no samples to tune on")
+        return _best(self.totals / len(self.before), self.grid + [self.gate_grid], np.stack(self.before))
+
+    @property
+    def gate_grid(self) -> np.ndarray:
+        return self.gates if self.use_gates else np.zeros(1, np.float32)
+
+    def _check_gates(self, has_class_probs: bool) -> None:
+        self.use_gates = has_class_probs if self.use_gates is None else self.use_gates
+        if self.use_gates != has_class_probs:
+            raise ValueError("either every sample or none must carry class probabilities")
+
+
 def tune(samples: Iterable[tuple], thresholds: Sequence[float] = THRESHOLDS,
          min_component_areas: Sequence[int] = MIN_COMPONENT_AREAS,
          min_total_areas: Sequence[int] = MIN_TOTAL_AREAS, gates: Sequence[float] = GATES,
@@ -197,22 +273,10 @@ def tune(samples: Iterable[tuple], thresholds: Sequence[float] = THRESHOLDS,
     plateau, see :func:`_plateau_argmax`; the chosen score is >= the base
     score when the base settings are on the grid.
     """
-    base = base or PostProcess()
-    grid = [np.asarray(thresholds, np.float32), np.asarray(min_component_areas), np.asarray(min_total_areas)]
-    totals, before, use_gates = None, [], None
+    tuner = Tuner(thresholds, min_component_areas, min_total_areas, gates, base)
     for sample in samples:
-        probs, truth = _numpy(sample[0], np.float32), _numpy(sample[1], bool)
-        class_probs = sample[2] if len(sample) > 2 else None
-        use_gates = class_probs is not None if use_gates is None else use_gates
-        if use_gates != (class_probs is not None):
-            raise ValueError("either every sample or none must carry class probabilities")
-        gate_grid = np.asarray(gates if use_gates else (0.0,), np.float32)
-        table = _image_dice_table(probs, truth, class_probs, grid, gate_grid)
-        totals = table if totals is None else totals + table
-        before.append(dice_from_counts(pair_counts(base(probs, class_probs), truth)[0]))
-    if totals is None:
-        raise ValueError("no samples to tune on")
-    return _best(totals / len(before), grid + [gate_grid], np.stack(before))
+        tuner.add(*sample)
+    return tuner.result()
 
 
 def _image_dice_table(probs, truth, class_probs, grid, gate_grid) -> np.ndarray:

@@ -14,16 +14,16 @@ LAYERS = {
     "core": 0,
     "datasets": 1, "models": 1,
     "inference": 2,
-    "training": 3,
+    "training": 3, "serving": 3,
     "workflows": 4,
-    "train": 5, "predict": 5,
+    "train": 5, "predict": 5, "serve": 5,
     "scripts": 6,
 }
 SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
 
 
 def project_modules() -> list[Path]:
-    files = [REPO / "train.py", REPO / "predict.py", *SCRIPTS]
+    files = [REPO / "train.py", REPO / "predict.py", REPO / "serve.py", *SCRIPTS]
     for package in LAYERS:
         if (REPO / package).is_dir() and package != "scripts":
             files += sorted((REPO / package).glob("*.py"))
@@ -116,7 +116,7 @@ def test_every_script_runs_from_any_working_directory(tmp_path):
     """``--help`` of every script and entry point from an unrelated folder,
     in one process: the project is installed (``pip install -e .``), so none
     needs the repository on sys.path."""
-    paths = [str(p) for p in (*SCRIPTS, REPO / "train.py", REPO / "predict.py")]
+    paths = [str(p) for p in (*SCRIPTS, REPO / "train.py", REPO / "predict.py", REPO / "serve.py")]
     run = subprocess.run([sys.executable, "-c", RUN_HELP, *paths], cwd=tmp_path, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

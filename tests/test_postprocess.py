@@ -14,7 +14,9 @@ from datasets.severstal import Annotations, write_mask_csv
 from inference.metrics import dice_from_counts, kaggle_score, pair_counts
 from inference.postprocess import (
     PostProcess,
+    Tuner,
     _plateau_argmax,
+    choose_postprocess,
     labelled_probs,
     load_probs,
     probs_path,
@@ -255,3 +257,39 @@ def test_plateau_argmax_in_two_dimensions():
     assert _plateau_argmax(scores) == (2, 1)  # the only tie whose 3x3 neighbourhood is all ties
     scores[2, 1] = 1.0 - 1e-6  # no longer a maximum
     assert scores[_plateau_argmax(scores)] == 1.0
+
+
+def test_tuners_merged_over_ranks_equal_one_tuner_over_every_image():
+    """Validation under torchrun: each rank tunes its share; the merged
+    tuner picks what one tuner over all images picks, with the same scores."""
+    samples = blobby_samples(6)
+    whole = tune(samples)
+    ranks = [Tuner(), Tuner()]
+    for i, sample in enumerate(samples):
+        ranks[i % 2].add(*sample)
+    merged = ranks[0].merge(ranks[1]).result()
+    assert merged.postprocess == whole.postprocess and merged.n_images == whole.n_images == 6
+    for got, want in ((merged.after, whole.after), (merged.before, whole.before)):
+        assert got["score"] == pytest.approx(want["score"]) and got["per_class"] == pytest.approx(want["per_class"])
+    with pytest.raises(ValueError, match="every sample or none"):
+        Tuner().merge(ranks[0]).add(*samples[0][:2])
+
+
+def test_choose_postprocess_says_where_the_settings_came_from(tmp_path):
+    tuned = PostprocessConfig(threshold=[0.6] * 4, min_total_area=[400] * 4,
+                              source="tuned on the validation fold at epoch 3 (9 images: ...)")
+    chosen, origin = choose_postprocess(tuned, ["run/best.pt"])
+    assert chosen.threshold == [0.6] * 4 and origin == "run/best.pt, tuned on the validation fold at epoch 3 (9 images: ...)"
+    override = PostprocessConfig(threshold=[0.3] * 4, min_total_area=[400] * 4, source=tuned.source)
+    chosen, origin = choose_postprocess(override, ["run/best.pt"], overridden=["threshold"])
+    assert chosen.threshold == [0.3] * 4 and chosen.min_total_area == [400] * 4
+    assert origin.endswith("with postprocess.threshold from the command line")
+    cv_file = tmp_path / "postprocess.json"
+    PostProcess(threshold=[0.7] * 4).to_json(cv_file)
+    chosen, origin = choose_postprocess(tuned, ["cv/fold0/best.pt", "cv/fold1/best.pt"], cv_file=cv_file)
+    assert chosen.threshold == [0.7] * 4 and "cross-validation" in origin
+    chosen, origin = choose_postprocess(tuned, ["a.pt", "b.pt"])  # folds of no cross-validation: the first's
+    assert chosen.threshold == [0.6] * 4 and "the first of 2 checkpoints" in origin
+    by_file = PostprocessConfig(file=str(cv_file), source=tuned.source)
+    assert choose_postprocess(by_file, ["run/best.pt"], overridden=["file"])[1] == f"--postprocess.file={cv_file}"
+    assert choose_postprocess(PostprocessConfig(), ["x.pt"])[1] == "the config's defaults"

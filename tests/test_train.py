@@ -9,24 +9,30 @@ import re
 import runpy
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
 
+import predict
 import train
 from core.checkpoint import load_checkpoint
 from core.config import load_config, to_dict
 from core.precision import resolve_amp
 from inference.metrics import dice_from_counts, kaggle_score, pair_counts
+from inference.postprocess import PostProcess, TuneResult
+from inference.predictor import RunSummary, has_class_head
 from models import build_model, load_model
 from training import logger as logger_module
 from training import trainer as trainer_module
-from training.data import load_run_data
+from training.data import build_train_dataset, load_run_data
 from training.optim import build_ema, build_optimizer, build_scheduler
+from training.trainer import local_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,11 +131,12 @@ def test_fp16_on_cpu_is_refused(tiny_data, tmp_path):
         train.main(tiny_args(tiny_data, tmp_path / "run", "--train.amp=fp16", "--train.device=cpu"))
 
 
-def single_process_score(checkpoint, root, val_ids, amp="off", batch_size=1):
+def single_process_score(checkpoint, root, val_ids, amp="off", batch_size=1, postprocess=None):
     """Score a checkpoint's weights on whole strips, one process, no loader,
     ``batch_size`` strips per forward in ``amp`` (bf16 kernels round
     differently for other batch shapes: compare bf16 scores at the batch
-    size that made them)."""
+    size that made them); at the config's threshold, or with ``postprocess``
+    (a PostProcess, fed the class probabilities when the model has a head)."""
     from datasets.semantic import SeverstalSegmentation
     from datasets.severstal import Annotations
 
@@ -142,10 +149,81 @@ def single_process_score(checkpoint, root, val_ids, amp="off", batch_size=1):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             images, targets = dataset.collate_fn(items)
             probs = model(images).float()
-            counts.append(pair_counts(probs > cfg.train.val_threshold, targets["masks"] > 0.5))
-    import numpy as np
+            truth = targets["masks"] > 0.5
+            if postprocess is None:
+                counts.append(pair_counts(probs > cfg.train.val_threshold, truth))
+                continue
+            class_probs = model.class_probs(images).float() if has_class_head(model) else [None] * len(probs)
+            counts += [pair_counts(postprocess(p, c), t) for p, c, t in zip(probs, class_probs, truth)]
 
     return kaggle_score(dice_from_counts(np.concatenate(counts)))["score"]
+
+
+def test_checkpoint_carries_postprocessing_tuned_on_its_validation_and_predict_applies_it(
+        tiny_data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    record = train.main(tiny_args(tiny_data, out, "--train.epochs=1", "--train.max_steps_per_epoch=1",
+                                  "--train.amp=off"))
+    ckpt = load_checkpoint(out / "best.pt")
+    tuned = PostProcess(**ckpt["tuned"]["postprocess"])
+    assert PostProcess.from_json(out / "postprocess.json") == tuned  # the json beside best.pt
+    stored = ckpt["config"]["postprocess"]
+    assert [stored[k] for k in ("threshold", "min_component_area", "min_total_area", "gate")] == \
+        [tuned.threshold, tuned.min_component_area, tuned.min_total_area, tuned.gate]
+    assert stored["source"].startswith("tuned on the validation fold at epoch 1 (4 images: score ")
+    val_ids = load_run_data(load_config(out / "config.yaml")).val_ids
+    rescored = single_process_score(out / "best.pt", tiny_data, val_ids, batch_size=2, postprocess=tuned)
+    assert record["val"]["tuned"]["score"] == pytest.approx(rescored, abs=1e-6)
+    assert record["val"]["tuned"]["score"] >= record["val"]["score"] - 1e-9  # threshold 0.5 alone is on the grid
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val"]
+    assert logged["score"] == record["val"]["score"] and logged["tuned"]["score"] == record["val"]["tuned"]["score"]
+
+    applied = []
+    def record(predictor, postprocess, image_dir, out_dir, *args, **kwargs):  # predict_folder, no images read
+        applied.append(postprocess)
+        return RunSummary(Path(out_dir) / "submission.csv", 0, 0, 0, {})
+
+    monkeypatch.setattr(predict, "predict_folder", record)
+    predict.main(["--checkpoint", str(out / "best.pt"), "--images", str(tiny_data / "test_images"),
+                  "--out", str(tmp_path / "pred"), "--device", "cpu"])
+    assert applied == [tuned]
+    assert f"post-processing: {out / 'best.pt'}, tuned on the validation fold at epoch 1" in capsys.readouterr().out
+    predict.main(["--checkpoint", str(out / "best.pt"), "--images", str(tiny_data / "test_images"),
+                  "--out", str(tmp_path / "pred"), "--device", "cpu", "--postprocess.threshold=[0.9,0.9,0.9,0.9]"])
+    assert applied[-1].threshold == [0.9] * 4 and applied[-1].min_total_area == tuned.min_total_area
+
+
+@pytest.mark.parametrize("select, best_epoch", [("tuned", 2), ("threshold", 1)])
+def test_best_checkpoint_follows_train_select(tiny_data, tmp_path, monkeypatch, select, best_epoch):
+    """Epoch 1 scores better at threshold 0.5, epoch 2 once tuned."""
+    scores = {1: (0.9, 0.5), 2: (0.5, 0.9)}
+
+    def fake_evaluate(self):
+        score, tuned = scores[self.epoch]
+        self.tuned = TuneResult(PostProcess(threshold=[tuned] * 4), {"score": score}, {"score": tuned}, 4)
+        return {"score": score, "per_class": {}, "empty_baseline": 0.5, "tuned": {"score": tuned, "per_class": {}}}, {}
+
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_data, out, "--train.val_every=1", "--train.max_steps_per_epoch=1",
+                         f"--train.select={select}"))
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == best_epoch and best["best_score"] == 0.9
+    assert PostProcess.from_json(out / "postprocess.json").threshold == [scores[best_epoch][1]] * 4
+
+
+def test_resume_restores_the_tuned_postprocessing(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_data, out, "--train.epochs=1", "--train.max_steps_per_epoch=1", "--train.amp=off"))
+    saved = load_checkpoint(out / "last.pt")
+    cfg = load_config(out / "config.yaml")
+    data = load_run_data(cfg)
+    model = build_model(cfg)
+    trainer = local_trainer(cfg, model, build_train_dataset(cfg, data, model.target_kind),
+                            resolve_amp("off", "cpu"))
+    trainer.resume(out / "last.pt")
+    assert trainer.tuned_epoch == 1 and {**asdict(trainer.tuned), "epoch": 1} == saved["tuned"]
+    assert trainer.state_dict()["config"]["postprocess"] == saved["config"]["postprocess"]
 
 
 @pytest.mark.slow

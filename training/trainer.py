@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
+from functools import reduce
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -20,11 +22,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core.classes import NUM_CLASSES
 from core.config import Config, to_dict
 from core.distributed import DistInfo, broadcast_module_state, gather_objects, mean_across_ranks
 from core.precision import Precision, resolve_amp
 from core.progress import progress
 from inference.metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
+from inference.postprocess import PostProcess, Tuner, TuneResult
+from inference.predictor import has_class_head
 from inference.visualize import overlay_panel, to_bgr_uint8
 
 from .data import train_loader, val_loader
@@ -63,6 +68,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
         self.ema = build_ema(self.raw_model, cfg.train.ema)
         self.epoch, self.step, self.best_score = 0, 0, -math.inf
+        self.tuned: TuneResult | None = None  # post-processing tuned at the last validation
+        self.tuned_epoch = 0
         self.output_dir = Path(cfg.output_dir)
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
@@ -110,10 +117,12 @@ class Trainer:
             improved, overlays = False, {}
             if epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs:
                 metrics, overlays = self.evaluate()
+                self.tuned_epoch = epoch
+                score = metrics["tuned"]["score"] if self.cfg.train.select == "tuned" else metrics["score"]
                 if self.scheduler_when == "metric":
-                    self.scheduler.step(metrics["score"])
-                improved = metrics["score"] > self.best_score
-                self.best_score = max(self.best_score, metrics["score"])
+                    self.scheduler.step(score)
+                improved = score > self.best_score
+                self.best_score = max(self.best_score, score)
                 record.update(val=metrics, best_score=self.best_score)
             record["time_s"] = round(time.time() - started, 2)
             self.logger.log_epoch(record, self.step, overlays)
@@ -121,6 +130,7 @@ class Trainer:
                 self.save("last.pt")
                 if improved:
                     self.save("best.pt")
+                    self.tuned.postprocess.to_json(self.output_dir / "postprocess.json")
                 self._print_epoch(record)
         return record
 
@@ -213,17 +223,25 @@ class Trainer:
         model.eval()
         ids, counts, overlays = [], [], {}
         threshold = self.cfg.train.val_threshold
+        tuner = Tuner(base=PostProcess(threshold=[threshold] * NUM_CLASSES))
         for images, targets in progress(val_loader(self.val_set, self.cfg, self.dist), self.dist.is_main, desc="val"):
             images = images.to(self.device)
             with self.autocast():
-                probs = model(images).float()
-            pred = (probs > threshold).cpu()
-            counts.append(pair_counts(pred, targets["masks"] > 0.5))
+                probs = model(images).float().cpu()
+                class_probs = model.class_probs(images).float().cpu() if has_class_head(model) else None
+            truth = targets["masks"] > 0.5
+            pred = probs > threshold
+            counts.append(pair_counts(pred, truth))
             ids.extend(targets["image_id"])
+            for i in range(len(probs)):
+                tuner.add(probs[i], truth[i], None if class_probs is None else class_probs[i])
             if self.dist.is_main and len(overlays) < self.cfg.train.n_overlays:
                 overlays.update(self._overlays(images, pred, targets, self.cfg.train.n_overlays - len(overlays)))
         self.model.train()
-        return self._score(ids, counts), overlays
+        metrics = self._score(ids, counts)
+        self.tuned = reduce(Tuner.merge, gather_objects(tuner)).result()
+        metrics["tuned"] = {**self.tuned.after, "postprocess": asdict(self.tuned.postprocess)}
+        return metrics, overlays
 
     def _score(self, ids: list[str], counts: list[np.ndarray]) -> dict:
         local = dict(zip(ids, np.concatenate(counts) if counts else []))
@@ -253,6 +271,8 @@ class Trainer:
     # ---------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict:
+        """Everything a resume needs, plus the config with the post-processing
+        tuned at the last validation (what predict.py applies by default)."""
         return {
             "model": self.raw_model.state_dict(),
             "ema": _strip_ema(self.ema.state_dict()) if self.ema is not None else None,
@@ -264,10 +284,20 @@ class Trainer:
             "step": self.step,
             "best_score": self.best_score,
             "rng": rng_state(),
-            "config": to_dict(self.cfg),
+            "config": self._config_with_tuned_postprocess(),
             "precision": self.precision.to_dict(),
+            "tuned": None if self.tuned is None else {**asdict(self.tuned), "epoch": self.tuned_epoch},
             "wandb_id": self.logger.run_id,
         }
+
+    def _config_with_tuned_postprocess(self) -> dict:
+        config = to_dict(self.cfg)
+        if self.tuned is not None:
+            after, before = self.tuned.after["score"], self.tuned.before["score"]
+            source = (f"tuned on the validation fold at epoch {self.tuned_epoch} ({self.tuned.n_images} images: "
+                      f"score {before:.4f} at threshold {self.cfg.train.val_threshold} -> {after:.4f})")
+            config["postprocess"].update(asdict(self.tuned.postprocess), file="", source=source)
+        return config
 
     def save(self, name: str) -> None:
         save_checkpoint(self.state_dict(), self.output_dir / name)
@@ -282,6 +312,10 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best_score = ckpt["epoch"], ckpt["step"], ckpt["best_score"]
+        if ckpt.get("tuned"):
+            tuned = dict(ckpt["tuned"])
+            self.tuned_epoch = tuned.pop("epoch")
+            self.tuned = TuneResult(PostProcess(**tuned.pop("postprocess")), **tuned)
         set_rng_state(ckpt["rng"])
 
     def _print_epoch(self, r: dict) -> None:
@@ -289,8 +323,9 @@ class Trainer:
                 f"loss {r['train'].get('loss', float('nan')):.4f}")
         if "val" in r:
             per_class = " ".join(f"{k}:{v:.3f}" for k, v in r["val"]["per_class"].items())
+            tuned = " ".join(f"{k}:{v:.3f}" for k, v in r["val"]["tuned"]["per_class"].items())
             line += (f" val {r['val']['score']:.4f} (empty {r['val']['empty_baseline']:.4f}; {per_class}) "
-                     f"best {r['best_score']:.4f}")
+                     f"tuned {r['val']['tuned']['score']:.4f} ({tuned}) best {r['best_score']:.4f}")
         print(f"{line} [{r['time_s']:.0f}s]", flush=True)
 
 

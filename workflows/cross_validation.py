@@ -108,6 +108,22 @@ def run_cv(train_fn: TrainFn, config_path, overrides: Sequence[str], base,
     return report
 
 
+def cv_postprocess_for(checkpoints: Sequence) -> Path | None:
+    """``<base>/postprocess.json`` when ``checkpoints`` are fold checkpoints
+    ``<base>/fold<k>/best.pt`` of one cross-validation whose ``cv.json``
+    lists every one of those folds; else None."""
+    paths = [Path(c) for c in checkpoints]
+    bases = {p.parent.parent for p in paths}
+    if len(bases) != 1 or any(p.name != "best.pt" or not p.parent.name.startswith("fold") for p in paths):
+        return None
+    base = bases.pop()
+    tuned, report = base / "postprocess.json", base / "cv.json"
+    if not (tuned.is_file() and report.is_file()):
+        return None
+    folds = {f"fold{k}" for k in json.loads(report.read_text()).get("folds", [])}
+    return tuned if {p.parent.name for p in paths} <= folds else None
+
+
 def format_report(report: dict) -> str:
     lines = [f"out-of-fold Kaggle score on {report['n_images']} images, folds {report['folds']}",
              per_class_table({"without postprocess": report["without_postprocess"],
