@@ -33,9 +33,8 @@ from core.cli import parse_with_overrides
 from core.config import ConfigError
 from core.distributed import cleanup, init_distributed
 from datasets.severstal import COMPETITION, RERELEASED
-from inference.postprocess import choose_postprocess
-from inference.predictor import SKIPPED, Predictor, RunSummary, load_models, predict_folder
-from workflows.cross_validation import cv_postprocess_for
+from inference.predictor import SKIPPED, RunSummary, predict_folder
+from workflows.cross_validation import load_predictor
 
 OVERRIDABLE = ("predict", "postprocess")  # the config sections predict.py may override
 
@@ -76,11 +75,7 @@ def main(argv=None) -> RunSummary:
     args, overrides = parse_args(argv)
     dist_info = init_distributed(args.device, key="--device")
     try:
-        models, cfg = load_models(args.checkpoint, overrides, dist_info.device)
-        predictor = Predictor(models, cfg.predict, dist_info.device)
-        overridden = [o[len("--postprocess."):].split("=", 1)[0] for o in overrides if o.startswith("--postprocess.")]
-        postprocess, origin = choose_postprocess(cfg.postprocess, args.checkpoint, overridden,
-                                                 cv_postprocess_for(args.checkpoint))
+        predictor, postprocess, origin = load_predictor(args.checkpoint, overrides, dist_info.device)
         if dist_info.is_main:
             print(f"predict.amp: {predictor.precision.describe()}", flush=True)
             print(f"post-processing: {origin}", flush=True)

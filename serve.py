@@ -30,11 +30,9 @@ import uvicorn
 from core.cli import parse_with_overrides
 from core.config import ConfigError
 from core.distributed import resolve_device
-from inference.postprocess import choose_postprocess
-from inference.predictor import Predictor, load_models
 from serving.app import Limits, create_app
 from serving.inspector import Inspector
-from workflows.cross_validation import cv_postprocess_for
+from workflows.cross_validation import load_predictor
 
 KEYS_ENV = "SEVERSTAL_API_KEYS"
 
@@ -70,11 +68,7 @@ def api_keys(args) -> frozenset[str]:
 
 def build_inspector(args, overrides) -> Inspector:
     device = resolve_device(args.device, key="--device")
-    models, cfg = load_models(args.checkpoint, overrides, device)
-    overridden = [o[len("--postprocess."):].split("=", 1)[0] for o in overrides if o.startswith("--postprocess.")]
-    postprocess, origin = choose_postprocess(cfg.postprocess, args.checkpoint, overridden,
-                                             cv_postprocess_for(args.checkpoint))
-    predictor = Predictor(models, cfg.predict, device)
+    predictor, postprocess, origin = load_predictor(args.checkpoint, overrides, device)
     print(f"predict.amp: {predictor.precision.describe()}\npost-processing: {origin}", flush=True)
     return Inspector(predictor, postprocess, [str(c) for c in args.checkpoint], origin)
 

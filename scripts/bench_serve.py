@@ -28,15 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import httpx
-import numpy as np
 import torch
 
 from core.checkpoint import save_checkpoint
 from core.cli import CONFIGS
 from core.config import load_config, to_dict
 from core.precision import machine_summary
+from datasets.io import decode_image
 from datasets.synthetic import encode_jpeg, generate_image, image_rng
 from models import build_model
 from serve import build_inspector
@@ -151,9 +150,7 @@ def predictor_rate(checkpoint: Path, bodies: list[bytes], seconds: float) -> flo
     done, deadline = 0, time.perf_counter() + seconds
     started = time.perf_counter()
     while time.perf_counter() < deadline:
-        image = cv2.cvtColor(cv2.imdecode(np.frombuffer(bodies[done % len(bodies)], np.uint8), cv2.IMREAD_COLOR),
-                             cv2.COLOR_BGR2RGB)
-        inspector.inspect_batch([Request(image)])
+        inspector.inspect_batch([Request(decode_image(bodies[done % len(bodies)], "bench strip"))])
         done += 1
     return done / (time.perf_counter() - started)
 

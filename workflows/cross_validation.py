@@ -20,7 +20,7 @@ from core.distributed import DistInfo, cleanup, init_distributed
 from core.files import atomic_write_text
 from datasets.splits import fold_image_ids, load_or_make_folds
 from inference.metrics import per_class_table
-from inference.postprocess import PostProcess, TuneResult, labelled_probs, probs_path, tune
+from inference.postprocess import PostProcess, TuneResult, choose_postprocess, labelled_probs, probs_path, tune
 from inference.predictor import Predictor, load_models, missing_probs, predict_probs_files
 from training.data import load_run_data, split_path
 
@@ -122,6 +122,18 @@ def cv_postprocess_for(checkpoints: Sequence) -> Path | None:
         return None
     folds = {f"fold{k}" for k in json.loads(report.read_text()).get("folds", [])}
     return tuned if {p.parent.name for p in paths} <= folds else None
+
+
+def load_predictor(checkpoints: Sequence, overrides: Sequence[str], device) -> tuple[Predictor, PostProcess, str]:
+    """What predict.py and serve.py run: the checkpoints' averaged models
+    with the first one's predict settings and ``overrides`` on top, and the
+    post-processing ``choose_postprocess`` picks (a cross-validation's tuned
+    file for its folds), with where it came from in words."""
+    models, cfg = load_models(checkpoints, overrides, device)
+    overridden = [o[len("--postprocess."):].split("=", 1)[0] for o in overrides if o.startswith("--postprocess.")]
+    postprocess, origin = choose_postprocess(cfg.postprocess, checkpoints, overridden,
+                                             cv_postprocess_for(checkpoints))
+    return Predictor(models, cfg.predict, device), postprocess, origin
 
 
 def format_report(report: dict) -> str:
