@@ -157,6 +157,8 @@ def predictor_rate(checkpoint: Path, bodies: list[bytes], seconds: float) -> flo
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.checkpoint and not args.checkpoint.is_file():
+        raise SystemExit(f"bench_serve.py: checkpoint not found: {args.checkpoint}")
     levels = [int(c) for c in args.concurrency.split(",")]
     bodies = strips(args.strips)
     with tempfile.TemporaryDirectory() as tmp:
