@@ -98,3 +98,36 @@ def test_two_styles_end_to_end_then_resumed(tmp_path, capsys):
     assert capsys.readouterr().out.count("done before") == 2
     with pytest.raises(SystemExit, match="was made with"):
         robustness["main"](["--out", str(study), "--styles", "classic", *TINY, "--train.epochs=2"])
+
+    # the transfer matrix of the same study: the diagonal is the study's own
+    # README-path result, the rest are new predictions of the other style
+    transfer = runpy.run_path(str(REPO / "scripts/transfer_matrix.py"))
+    matrix = transfer["main"](["--study", str(study), "--out", str(tmp_path / "transfer")])
+    assert matrix["styles"] == ["classic", "bright_matte"]
+    for i, r in enumerate(results):
+        assert matrix["gains"][i, i] == pytest.approx(r["tuned"]["score"] - r["empty"]["score"])
+    off = tmp_path / "transfer" / "predictions" / "classic__on__bright_matte" / "submission.csv"
+    data = study / "bright_matte" / "data"
+    scored = score_csv(off, data / "test_truth.csv", list_images(data / "test_images"))
+    assert matrix["gains"][0, 1] == pytest.approx(scored["score"] - scored["empty_baseline"])
+    assert (tmp_path / "transfer" / "matrix.png").stat().st_size > 1000
+    capsys.readouterr()
+    again = transfer["main"](["--study", str(study), "--out", str(tmp_path / "transfer")])
+    assert (again["gains"] == matrix["gains"]).all()
+    assert "post-processing" not in capsys.readouterr().out  # every cell read back, nothing predicted
+
+
+def test_transfer_matrix_table_and_refusals(tmp_path):
+    import numpy as np
+
+    transfer = runpy.run_path(str(REPO / "scripts/transfer_matrix.py"))
+    table = transfer["markdown"](["a", "b"], np.array([[0.1, -0.02], [0.03, 0.05]]),
+                                 np.array([[0.95, 0.83], [0.88, 0.9]]))
+    assert table.splitlines()[4] == "| a | +0.100 (0.950) | -0.020 (0.830) | -0.020 |"
+    assert table.splitlines()[5] == "| b | +0.030 (0.880) | +0.050 (0.900) | +0.030 |"
+    with pytest.raises(SystemExit, match="no finished style"):
+        transfer["main"](["--study", str(tmp_path), "--out", str(tmp_path / "t"), "--styles", "a,b"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "result.json").write_text("{}")
+    with pytest.raises(SystemExit, match="two or more"):
+        transfer["main"](["--study", str(tmp_path), "--out", str(tmp_path / "t")])
