@@ -62,6 +62,14 @@ class SegmentationModel(nn.Module):
             losses["loss_cls"] = self.cls_weight * _image_label_loss(class_logits, targets["labels"])
         return losses
 
+    def probs_and_class_probs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Eval mode, one pass of the encoder: the mask probabilities (as
+        ``forward``) and the image-level class probabilities (as ``class_probs``)."""
+        if not self.has_classification_head:
+            raise RuntimeError("this model was built without model.smp.classification_head")
+        mask_logits, class_logits = self.net(self._normalise(images))
+        return torch.sigmoid(mask_logits.float()), torch.sigmoid(class_logits.float())
+
     def class_probs(self, images: Tensor) -> Tensor:
         """Image-level class probabilities, float32 [B, C] in [0, 1]."""
         return torch.sigmoid(self.classify_features(self.encoder_features(images)).float())

@@ -197,3 +197,40 @@ def test_overfits_a_fixed_batch():
         optimizer.step()
         history.append(loss.item())
     assert history[-1] < history[0] / 5, history
+
+
+def test_probs_and_class_probs_equal_the_two_separate_calls():
+    """Validation's one-pass outputs (training.trainer.eval_outputs) are those of
+    forward and class_probs; a model without the method still gets both."""
+    from core.config import Config
+    from models import build_model
+    from training.trainer import eval_outputs
+
+    cfg = Config()
+    cfg.model.smp.encoder, cfg.model.smp.classification_head, cfg.loss.cls = "resnet18", True, 0.2
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        probs, class_probs = eval_outputs(model, images)
+        assert torch.allclose(probs, model(images), atol=1e-6)
+        assert torch.allclose(class_probs, model.class_probs(images), atol=1e-6)
+        assert class_probs.shape == (2, 4) and probs.shape == (2, 4, 64, 96)
+
+        class TwoCalls(torch.nn.Module):  # only the documented minimum of the contract
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                return self.inner(x)
+
+            def class_probs(self, x):
+                return self.inner.class_probs(x)
+
+        again = eval_outputs(TwoCalls(model), images)
+        assert torch.equal(again[0], probs) and torch.allclose(again[1], class_probs, atol=1e-6)
+    cfg.model.smp.classification_head, cfg.loss.cls = False, 0.0
+    plain = build_model(cfg).eval()
+    with torch.inference_mode():
+        assert eval_outputs(plain, images)[1] is None

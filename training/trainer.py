@@ -227,8 +227,7 @@ class Trainer:
         for images, targets in progress(val_loader(self.val_set, self.cfg, self.dist), self.dist.is_main, desc="val"):
             images = images.to(self.device)
             with self.autocast():
-                probs = model(images).float().cpu()
-                class_probs = model.class_probs(images).float().cpu() if has_class_head(model) else None
+                probs, class_probs = eval_outputs(model, images)
             truth = targets["masks"] > 0.5
             pred = probs > threshold
             counts.append(pair_counts(pred, truth))
@@ -337,6 +336,17 @@ def local_trainer(cfg: Config, model: nn.Module, train_set, precision: Precision
     device = torch.device(precision.device)
     return Trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=device), model, train_set, val_set,
                    RunLogger(cfg, is_main=False), precision)
+
+
+def eval_outputs(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An eval-mode model's mask probabilities and, with a classification
+    head, its class probabilities (else None), float32 on the CPU; one encoder
+    pass where the model offers ``probs_and_class_probs`` (docs/CONTRACTS.md)."""
+    if not has_class_head(model):
+        return model(images).float().cpu(), None
+    both = getattr(model, "probs_and_class_probs", None)
+    probs, class_probs = both(images) if both else (model(images), model.class_probs(images))
+    return probs.float().cpu(), class_probs.float().cpu()
 
 
 def _groups(items: Iterable, size: int) -> Iterator[list]:
