@@ -91,7 +91,7 @@ def stored_trials(sweep: Path) -> list[optuna.trial.FrozenTrial]:
 def test_sweep_file_is_runnable_by_both_runners(path):
     spec = load_sweep(path)
     check_parameters(spec)  # every parameter a config key taking its values
-    assert (spec.program, spec.metric, spec.goal) == ("train.py", "val/score", "maximize")
+    assert (spec.program, spec.metric, spec.goal) == ("train.py", "val/tuned/score", "maximize")
     assert spec.command[:3] == COMMAND[:3] and spec.command[-1] == "${args}"
     config = spec.command[spec.command.index("--config") + 1]
     assert (REPO / config).is_file()
