@@ -219,27 +219,31 @@ def ancestors(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_a_killed_actor_is_restarted_and_the_outputs_are_complete(local_ray, checkpoint, strips, plain_run,
                                                                    tmp_path):
-    """Two actors; once two images are written, one is killed (SIGKILL): Ray restarts it and retries its
-    batches, and every output is still the plain run's."""
+    """Two actors; once two images are written, one is killed (SIGKILL): Ray starts another in its place and
+    retries its batches, and every output is still the plain run's."""
     journal = tmp_path / JOURNAL_DIR / "rank0.jsonl"
-    killed: dict = {}
+    killed, seen, finished = {}, set(), threading.Event()
 
     def kill_one_actor():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            done = len(journal.read_text().splitlines()) if journal.exists() else 0
+        while not finished.is_set():
             pids = actor_pids()
-            if done >= 2 and pids:
+            seen.update(pids)
+            done = len(journal.read_text().splitlines()) if journal.exists() else 0
+            if not killed and done >= 2 and pids:
                 os.kill(pids[0], signal.SIGKILL)
-                killed.update(pid=pids[0], done=done)
+                killed.update(pid=pids[0], done=done, before=set(seen))
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one_actor, daemon=True)
     killer.start()
-    summary = run_ray(checkpoint, strips, tmp_path, "--ray.workers=2", "--ray.num_cpus_per_worker=0.5",
-                      "--ray.threads_per_worker=1", "--ray.batch_size=1")
-    killer.join(timeout=5)
+    try:
+        summary = run_ray(checkpoint, strips, tmp_path, "--ray.workers=2", "--ray.num_cpus_per_worker=0.5",
+                          "--ray.threads_per_worker=1", "--ray.batch_size=1")
+    finally:
+        finished.set()
+        killer.join(timeout=5)
     assert killed and killed["done"] < N_STRIPS, f"no actor was killed mid-run: {killed}"
+    assert seen - killed["before"], "no actor was started in place of the killed one"
     assert summary.n_written == N_STRIPS
     assert_same_outputs(plain_run, tmp_path)
 
