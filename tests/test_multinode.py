@@ -9,13 +9,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from test_train import REPO, tiny_args
 
 from core.checkpoint import load_checkpoint
-
-from test_train import REPO, tiny_args
 
 # train.py as torchrun starts it, recording what each rank did: the checkpoints it saved and a digest of the
 # weights it ended with (the trainer's raw model, which last.pt stores)

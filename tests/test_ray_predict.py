@@ -14,8 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from test_predict import noise_image, save_tiny_checkpoint, write_images
 
 import predict
 from core.config import ConfigError, RayConfig
@@ -25,8 +27,6 @@ from inference.predictor import JOURNAL_DIR, SKIPPED, SUBMISSION, Journal, Resul
 from workflows import ray_predict
 from workflows.cross_validation import load_predictor
 from workflows.ray_predict import PredictWorker, image_sources, plan, read_batch, read_source
-
-from test_predict import noise_image, save_tiny_checkpoint, write_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -258,3 +258,20 @@ def test_resume_predicts_only_the_unfinished_images(local_ray, checkpoint, strip
     finished_before = sum('"rles"' in line for line in lines[:4])
     assert summary.n_predicted == N_STRIPS - finished_before
     assert_same_outputs(plain_run, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+def test_gpu_actors_write_what_the_plain_run_writes_on_the_gpu(local_ray, checkpoint, strips, tmp_path):
+    """One actor per GPU (--ray.num_gpus_per_worker=1) against plain predict.py on cuda: every image, and masks
+    that agree on all but a few pixels (GPU kernels need not be bitwise reproducible across processes)."""
+    if local_ray.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("the local Ray sees no GPU")
+    plain = predict.main(["--checkpoint", str(checkpoint), "--images", str(strips), "--out", str(tmp_path / "plain"),
+                          "--device", "cuda", "--predict.num_workers=0"])
+    summary = run_ray(checkpoint, strips, tmp_path / "ray", "--ray.num_gpus_per_worker=1")
+    assert (summary.n_written, summary.skipped) == (plain.n_written, plain.skipped)
+    for mask in (tmp_path / "plain" / "masks").iterdir():
+        ours, theirs = (cv2.imread(str(folder / "masks" / mask.name), cv2.IMREAD_UNCHANGED)
+                        for folder in (tmp_path / "ray", tmp_path / "plain"))
+        assert (ours == theirs).mean() > 0.999, mask.name

@@ -191,7 +191,7 @@ class PredictWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["image"])
-        rles, shapes, pngs = [[""] * 4] * n, [[0, 0]] * n, [b""] * n
+        rles, shapes, pngs = [[""] * 4 for _ in range(n)], [[0, 0] for _ in range(n)], [b""] * n  # unreadable rows
         readable = [i for i in range(n) if not batch["error"][i]]
         items = ((i, to_tensor(np.asarray(batch["pixels"][i]))) for i in readable)
         for indices, images in same_size_groups(items, self.predictor.images_per_call):
