@@ -250,11 +250,16 @@ def test_a_killed_actor_is_restarted_and_the_outputs_are_complete(local_ray, che
 
 @pytest.mark.slow
 def test_resume_predicts_only_the_unfinished_images(local_ray, checkpoint, strips, plain_run, tmp_path):
-    run_ray(checkpoint, strips, tmp_path)
+    """From a list file this time: file:// URIs, read through pyarrow, and a plain path (the corrupt file, whose
+    error then reads as the plain run's)."""
+    listing = tmp_path / "strips.txt"
+    listing.write_text("".join(f"{path}\n" if path.name == "zz_corrupt.jpg" else f"file://{path}\n"
+                               for path in sorted(strips.iterdir())))
+    run_ray(checkpoint, listing, tmp_path)
     journal = tmp_path / JOURNAL_DIR / "rank0.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text("".join(lines[:4]) + lines[4][:10])  # an interrupted run: 4 records and a torn line
-    summary = run_ray(checkpoint, strips, tmp_path, "--resume")
+    summary = run_ray(checkpoint, listing, tmp_path, "--resume")
     finished_before = sum('"rles"' in line for line in lines[:4])
     assert summary.n_predicted == N_STRIPS - finished_before
     assert_same_outputs(plain_run, tmp_path)
