@@ -50,7 +50,7 @@ from core.precision import machine_summary
 from datasets.synthetic import make_dataset
 from inference.tiling import predict_full_frame, predict_tiled
 from models import build_model
-from workflows.ray_predict import import_ray
+from workflows.ray_predict import import_ray, ray_config
 
 TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
 STRIP = (256, 1600)  # (H, W)
@@ -235,7 +235,10 @@ def engines(args) -> None:
     print(f"{machine_summary()}; load average {load}; {args.engine_strips} strips of 1600x256, "
           f"{checkpoint if args.checkpoint else 'demo_cpu.yaml model (random weights)'}, best wall time of "
           f"{args.repeats} interleaved runs of predict.py each")
-    print(f"ray: {' '.join(ray_args)}; local Ray start-up {ray_start:.1f} s (not counted)")
+    layout = ray_config(ray_args)
+    print(f"ray: {layout.workers} actors x {layout.threads_per_worker or 'Ray-chosen'} torch threads, "
+          f"{layout.num_cpus_per_worker:g} CPUs reserved each, batches of {layout.batch_size}; "
+          f"local Ray start-up {ray_start:.1f} s (not counted)")
     rate = {name: args.engine_strips / t for name, t in best.items()}
     print(f"{'engine':<8} {'strips/s':>9} {'s/run':>7}")
     for name in runs:
