@@ -21,6 +21,13 @@ of one cross-validation: the settings it tuned out of fold,
 ``--postprocess.*`` keys override it, and the run prints what it applies and
 where it came from. ``--resume`` predicts only the images an interrupted run
 into the same OUT did not finish.
+
+``--engine ray`` runs the same prediction as a Ray Data pipeline
+(workflows/ray_predict.py: a pool of actors holding the models, one per GPU
+or CPU actors, with Ray's retries), on a local Ray or a cluster
+(``--ray.address=auto``), with ``--ray.*`` settings; ``--images`` may then
+also be a text file of paths or URIs (s3://...). Same outputs, without
+``--save-probs``, ``--overlays`` or ``--gradcam``.
 """
 
 from __future__ import annotations
@@ -35,15 +42,17 @@ from core.distributed import cleanup, init_distributed
 from datasets.severstal import COMPETITION, RERELEASED
 from inference.predictor import SKIPPED, RunSummary, predict_folder
 from workflows.cross_validation import load_predictor
+from workflows.ray_predict import predict_with_ray
 
-OVERRIDABLE = ("predict", "postprocess")  # the config sections predict.py may override
+OVERRIDABLE = ("predict", "postprocess", "ray")  # the config sections predict.py may override
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--checkpoint", required=True, nargs="+", type=Path, help="one or more checkpoints, averaged")
-    parser.add_argument("--images", required=True, type=Path, help="folder of images to predict")
+    parser.add_argument("--images", required=True,
+                        help="folder of images to predict (--engine ray: also a text file of paths or URIs)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--format", choices=[RERELEASED, COMPETITION], default=RERELEASED,
                         help="submission layout: ImageId,EncodedPixels,ClassId or ImageId_ClassId,EncodedPixels")
@@ -55,6 +64,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--resume", action="store_true", help="keep the images an earlier run into OUT finished")
     parser.add_argument("--strict", action="store_true", help="exit non-zero when an image could not be read")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--engine", choices=["plain", "ray"], default="plain",
+                        help="plain: this process (or torchrun's); ray: a Ray Data pipeline (pip install -e .[ray])")
     args, overrides = parse_with_overrides(parser, argv, sections=OVERRIDABLE)
     if args.full_frame:
         overrides.append("--predict.full_frame=true")
@@ -71,8 +82,29 @@ def report(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def predict_on_ray(args: argparse.Namespace, overrides: list[str]) -> RunSummary:
+    """``--engine ray``: the same outputs from workflows.ray_predict."""
+    flags = {"--save-probs": args.save_probs, "--overlays": args.overlays, "--gradcam": args.gradcam,
+             f"--device={args.device}": args.device != "auto"}
+    unsupported = [flag for flag, given in flags.items() if given]
+    try:
+        if unsupported:
+            raise ConfigError(f"--engine ray does not take {', '.join(unsupported)} (the workers' device is "
+                              "set by --ray.num_gpus_per_worker); use the plain engine")
+        summary = predict_with_ray(args.checkpoint, args.images, args.out, overrides, layout=args.format,
+                                   resume=args.resume)
+    except (ConfigError, FileNotFoundError) as err:
+        raise SystemExit(f"predict.py: {err}") from None
+    print(report(summary), flush=True)
+    if args.strict and summary.skipped:
+        raise SystemExit(f"--strict: {len(summary.skipped)} images could not be read")
+    return summary
+
+
 def main(argv=None) -> RunSummary:
     args, overrides = parse_args(argv)
+    if args.engine == "ray":
+        return predict_on_ray(args, overrides)
     dist_info = init_distributed(args.device, key="--device")
     try:
         predictor, postprocess, origin = load_predictor(args.checkpoint, overrides, dist_info.device)

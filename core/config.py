@@ -216,6 +216,23 @@ class PredictConfig:
 
 
 @dataclass
+class RayConfig:
+    """``predict.py --engine ray``: the same prediction as a Ray Data pipeline (workflows/ray_predict.py)."""
+
+    address: str = ""  # "" = start a local Ray on this machine; "auto" = join the cluster of `ray start`
+    workers: int = 0  # predicting actors, each holding the models; 0 = one per GPU of the cluster (or one)
+    num_gpus_per_worker: float = 0.0  # GPUs each actor holds (1 on a GPU cluster); 0 = CPU actors
+    num_cpus_per_worker: float = 1.0  # CPUs Ray reserves for each actor
+    threads_per_worker: int = 0  # torch threads of an actor; 0 = Ray's choice (its CPUs)
+    batch_size: int = 4  # images per actor call (split into Predictor calls as plain predict.py does)
+    read_cpus: float = 0.25  # CPUs Ray reserves per read-and-decode task (I/O and a JPEG decode)
+    max_restarts: int = 3  # an actor that dies is restarted up to this many times
+    max_task_retries: int = 3  # and each of its unfinished batches retried up to this many times
+    num_cpus: int = 0  # a local Ray's CPUs; 0 = all of this machine's
+    object_store_mb: int = 512  # a local Ray's object store (decoded strips in flight): kept modest
+
+
+@dataclass
 class PostprocessConfig:
     """Per class 1..4."""
 
@@ -242,6 +259,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 STORED = "stored config"  # the source name of a checkpoint's config: older schemas load quietly
@@ -431,6 +449,10 @@ def validate(cfg: Config) -> None:
         (cfg.predict.tile > 0 and cfg.predict.tile % 32 == 0, "predict.tile",
          "must be a positive multiple of 32 (the encoders downsample by 32)"),
         (0.0 <= cfg.train.ema < 1.0, "train.ema", "must be in [0, 1)"),
+        (cfg.ray.workers >= 0, "ray.workers", "must be >= 0 (0 = one per GPU, or one)"),
+        (cfg.ray.batch_size >= 1, "ray.batch_size", "must be >= 1"),
+        (cfg.ray.num_cpus_per_worker > 0, "ray.num_cpus_per_worker", "must be > 0"),
+        (cfg.ray.num_gpus_per_worker >= 0, "ray.num_gpus_per_worker", "must be >= 0"),
     ]
     for name in MASKRCNN_BUDGETS:
         checks.append((getattr(cfg.model.maskrcnn, name) >= 1, f"model.maskrcnn.{name}", "must be >= 1"))

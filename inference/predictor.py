@@ -329,13 +329,13 @@ def predict_folder(predictor: Predictor, postprocess: PostProcess, image_dir, ou
         raise ConfigError(f"postprocess.gate={postprocess.gate} needs a model with a classification head")
     if gradcam and not predictor.has_class_probs:
         raise ConfigError("--gradcam needs a model with a classification head (model.smp.classification_head)")
-    todo = broadcast_object(_todo(names, journal_dir, resume) if dist_info.is_main else None)
+    todo = broadcast_object(todo_images(names, journal_dir, resume) if dist_info.is_main else None)
     with Journal(journal_dir / f"rank{dist_info.rank}.jsonl") as journal:
         writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam)
         n_predicted = _predict_images(predictor, ImageFolder(image_dir, shard(todo, dist_info)), writer,
                                       dist_info.is_main)
     n_predicted = sum(gather_objects(n_predicted))  # a collective: past it, every rank's journal is closed
-    summary = _write_submission(out_dir, names, layout, n_predicted) if dist_info.is_main else None
+    summary = write_submission(out_dir, names, layout, n_predicted) if dist_info.is_main else None
     return broadcast_object(summary)
 
 
@@ -348,7 +348,7 @@ def predict_probs_files(predictor: Predictor, image_dir, names: Sequence[str], o
     ``missing_probs``). An unreadable image raises its ImageReadError. Returns
     how many images every rank together predicted; a collective: when it
     returns, every rank's files are written."""
-    _check_stems(names, image_dir)
+    check_stems(names, image_dir)
     n_predicted = _predict_images(predictor, ImageFolder(image_dir, shard(names, dist_info)), ProbsWriter(out_dir),
                                   dist_info.is_main)
     return sum(gather_objects(n_predicted))
@@ -371,18 +371,18 @@ def _listing(image_dir) -> list[str]:
     names = list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images in {image_dir}")
-    _check_stems(names, image_dir)
+    check_stems(names, image_dir)
     return names
 
 
-def _check_stems(names: Sequence[str], image_dir) -> None:
+def check_stems(names: Sequence[str], image_dir) -> None:
     """Raise ValueError naming the shared stems: an image's stem names its output files, so they must differ."""
     shared = [stem for stem, n in Counter(Path(name).stem for name in names).items() if n > 1]
     if shared:
         raise ValueError(f"images in {image_dir} share the file stems {shared[:4]}, which name their outputs")
 
 
-def _todo(names: list[str], journal_dir: Path, resume: bool) -> list[str]:
+def todo_images(names: list[str], journal_dir: Path, resume: bool) -> list[str]:
     """The images still to predict; without ``resume``, the journals are discarded first."""
     if not resume:
         shutil.rmtree(journal_dir, ignore_errors=True)
@@ -415,7 +415,7 @@ def _readable(items, writer: ResultWriter) -> Iterator[tuple[str, torch.Tensor]]
             yield name, item
 
 
-def _write_submission(out_dir: Path, names: list[str], layout: str, n_predicted: int) -> RunSummary:
+def write_submission(out_dir: Path, names: list[str], layout: str, n_predicted: int) -> RunSummary:
     """submission.csv (finished images of ``names``, in order) and skipped.txt, from the journals."""
     records = read_journals(out_dir / JOURNAL_DIR)
     finished = [n for n in names if "rles" in records.get(n, {})]

@@ -1,6 +1,7 @@
 """Benchmark tiled inference on 1600x256 strips (CPU).
 
     python scripts/bench_predict.py [--strips 2] [--repeats 3] [--threads 1 --cpu-time]
+    python scripts/bench_predict.py --engines [--engine-strips 32] [--checkpoint RUN/best.pt] [--ray.key=value ...]
 
 1. Time per strip of tiled inference (256 tiles, stride 224, gaussian
    blend) over a whole-strip pass, on an smp Unet resnet18 (weights None,
@@ -17,6 +18,16 @@
    memory, not a network's, is measured); also the growth over the
    process's RSS before streaming (imports, model).
 Times are the minimum over interleaved repeats, after one warm-up each.
+
+``--engines`` instead times the whole of ``predict.py`` (read, predict,
+post-process, write) on the same synthetic strips in one run: the plain
+engine (this process: torch threads on every core, DataLoader readers) and
+``--engine ray`` on a local Ray started once beforehand (its start-up is
+printed apart; each Ray run includes starting its actors and loading the
+models), interleaved, each the best of ``--repeats``. Prints strips/s of
+each and Ray over plain. Ray's default here is one single-threaded actor
+per core; ``--ray.key=value`` arguments override it. Without --checkpoint the
+model is configs/demo_cpu.yaml's, randomly initialised.
 """
 
 from __future__ import annotations
@@ -25,13 +36,21 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import predict
+from core.checkpoint import save_checkpoint
+from core.cli import CONFIGS
+from core.config import load_config, to_dict
 from core.precision import machine_summary
+from datasets.synthetic import make_dataset
 from inference.tiling import predict_full_frame, predict_tiled
+from models import build_model
+from workflows.ray_predict import import_ray, ray_config
 
 TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
 STRIP = (256, 1600)  # (H, W)
@@ -47,7 +66,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="tiles per forward")
     p.add_argument("--stream-batch", type=int, default=8, help="strips per predict_tiled call when streaming")
     p.add_argument("--memory-worker", type=int, default=0, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--engines", action="store_true", help="predict.py plain vs --engine ray on the same strips")
+    p.add_argument("--engine-strips", type=int, default=32, help="synthetic 1600x256 strips per --engines run")
+    p.add_argument("--checkpoint", type=Path, help="--engines: default configs/demo_cpu.yaml's model, random weights")
+    args, ray_overrides = p.parse_known_args(argv)
+    bad = [o for o in ray_overrides if not o.startswith("--ray.") or "=" not in o]
+    if bad:
+        p.error(f"unrecognised arguments {bad}: overrides look like --ray.key=value")
+    args.ray_overrides = ray_overrides
+    return args
 
 
 def unet_fn():
@@ -166,10 +193,66 @@ def print_table(t_unet: dict, t_point: dict, rss: dict) -> None:
         print(f"{name:<{width}}  {value:>23}  {target}")
 
 
+def demo_checkpoint(folder: Path) -> Path:
+    cfg = load_config(CONFIGS / "demo_cpu.yaml")
+    torch.manual_seed(0)
+    path = folder / "demo_random.pt"
+    save_checkpoint({"model": build_model(cfg).state_dict(), "ema": None, "config": to_dict(cfg)}, path)
+    return path
+
+
+def one_actor_per_core() -> list[str]:
+    """Ray's layout on one machine: a single-threaded actor per core, the read tasks' quarter CPU spared."""
+    cores = os.cpu_count() or 1
+    return [f"--ray.workers={cores}", f"--ray.num_cpus_per_worker={(cores - 0.25) / cores:.4f}",
+            "--ray.threads_per_worker=1"]
+
+
+def engines(args) -> None:
+    """predict.py plain vs --engine ray on the same strips, interleaved: strips/s and the ratio."""
+    ray = import_ray()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_dataset(tmp / "data", n_train=0, n_test=args.engine_strips, seed=0, workers=1, progress=False)
+        checkpoint = args.checkpoint or demo_checkpoint(tmp)
+        common = ["--checkpoint", str(checkpoint), "--images", str(tmp / "data" / "test_images")]
+        ray_args = [*one_actor_per_core(), *args.ray_overrides]
+        runs = {"plain": lambda: predict.main([*common, "--out", str(tmp / "plain")]),
+                "ray": lambda: predict.main([*common, "--out", str(tmp / "ray"), "--engine", "ray", *ray_args])}
+        started = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=512 * 2**20,
+                 log_to_driver=False)
+        ray_start = time.perf_counter() - started
+        best = {name: float("inf") for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - start)
+        ray.shutdown()
+        same = (tmp / "plain" / "submission.csv").read_bytes() == (tmp / "ray" / "submission.csv").read_bytes()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{machine_summary()}; load average {load}; {args.engine_strips} strips of 1600x256, "
+          f"{checkpoint if args.checkpoint else 'demo_cpu.yaml model (random weights)'}, best wall time of "
+          f"{args.repeats} interleaved runs of predict.py each")
+    layout = ray_config(ray_args)
+    print(f"ray: {layout.workers} actors x {layout.threads_per_worker or 'Ray-chosen'} torch threads, "
+          f"{layout.num_cpus_per_worker:g} CPUs reserved each, batches of {layout.batch_size}; "
+          f"local Ray start-up {ray_start:.1f} s (not counted)")
+    rate = {name: args.engine_strips / t for name, t in best.items()}
+    print(f"{'engine':<8} {'strips/s':>9} {'s/run':>7}")
+    for name in runs:
+        print(f"{name:<8} {rate[name]:>9.2f} {best[name]:>7.1f}")
+    print(f"ray / plain: {rate['ray'] / rate['plain']:.3f} (target on two cores >= 0.8); "
+          f"submissions identical: {'yes' if same else 'NO'}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.memory_worker:
         return memory_worker(args.memory_worker, args.stream_batch, args.batch_size)
+    if args.engines:
+        return engines(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = torch.rand(args.strips, 3, *STRIP)
