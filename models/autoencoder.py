@@ -21,6 +21,8 @@ The network sees the grey strip (the mean of the three channels).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,7 @@ SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for intensities in [0, 1]
 
 def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
     """float32 [1, 1, size, size], summing to 1; size defaults to 2 * ceil(3 sigma) + 1."""
-    size = size or 2 * int(torch.tensor(3 * sigma).ceil()) + 1
+    size = size or 2 * math.ceil(3 * sigma) + 1
     x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     g = torch.exp(-0.5 * (x / sigma) ** 2)
     g = g / g.sum()
