@@ -3,19 +3,22 @@
 Per strip (grey levels 0..255, the mean of the three channels):
 
 1. the frame outside the strip (near-black) is filled with the strip's median
-   grey, so no filter sees its edge, and every score there is 0;
+   grey plus noise as fine as the strip's, so no filter sees its edge and the
+   noise levels stay the strip's, and every score there is 0;
 2. illumination is flattened per class by subtracting a Gaussian background
    (``<class>_bg`` px), and the result is divided by a robust noise level
    (1.4826 x the median absolute deviation), so responses are in noise units;
 3. each class has its own detector:
    - 1 pits: black-hat + top-hat with a disc (dark and bright marks smaller
-     than the disc), dilated over ``pits_spread`` so a cluster becomes one region;
+     than the disc) above ``pits_level`` noise units; the response is the
+     percentage of such pixels within ``pits_spread`` px, so a cluster of pits
+     becomes one region and an isolated speck stays weak;
    - 2 scratches across: a thin-mark response (hats with a horizontal line of
      ``cross_width``) opened with a vertical line of ``cross_length`` (only
      marks long across the strip survive), dilated sideways;
    - 3 marks along: the same turned 90 degrees (thin scratches along the
-     strip), or a soft band: the flattened strip smoothed along x, whichever
-     is stronger;
+     strip), or a soft band: the flattened strip smoothed along x and opened
+     along x like the scratches, whichever is stronger;
    - 4 blotches: the darkness of the strip against a wide background,
      smoothed over ``blotch_smooth``;
 4. a response r becomes a score sigmoid(2 (r - threshold)) in [0, 1], so a
@@ -59,8 +62,9 @@ class Param:
 PARAM_SPACE: dict[str, Param] = {
     "pits_bg": Param(1, 12.0, 4.0, 40.0),
     "pits_disc": Param(1, 7, 3, 15, True),
-    "pits_spread": Param(1, 15, 1, 41, True),
-    "pits_threshold": Param(1, 6.0, 2.0, 20.0),
+    "pits_level": Param(1, 6.0, 2.0, 20.0),
+    "pits_spread": Param(1, 12.0, 3.0, 40.0),
+    "pits_threshold": Param(1, 3.0, 0.2, 20.0),
     "cross_bg": Param(2, 12.0, 4.0, 40.0),
     "cross_width": Param(2, 7, 3, 15, True),
     "cross_length": Param(2, 80, 20, 200, True),
@@ -154,10 +158,13 @@ def prepare(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return grey, on_strip
     if not on_strip.any():
         return np.zeros_like(grey), on_strip
-    filled = np.where(on_strip, grey, np.float32(np.median(grey[on_strip])))
+    median = np.float32(np.median(grey[on_strip]))
+    grain = noise_level((grey - cv2.GaussianBlur(grey, (0, 0), 2.0))[on_strip])
     margin = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * OFF_STRIP_MARGIN + 1, 2 * OFF_STRIP_MARGIN + 1))
     on_strip = cv2.erode(on_strip.astype(np.uint8), margin).astype(bool)
-    return filled.astype(np.float32), on_strip
+    # the strip's median plus noise as fine as its own: the noise levels of the filters stay the strip's
+    fill = median + np.random.default_rng(0).normal(0, grain, grey.shape).astype(np.float32)
+    return np.where(on_strip, grey, fill).astype(np.float32), on_strip
 
 
 def smooth(image: np.ndarray, sigma: float, sigma_y: float | None = None) -> np.ndarray:
@@ -203,13 +210,16 @@ def _spread(response: np.ndarray, size: float) -> np.ndarray:
 
 def pits_response(grey: np.ndarray, p: dict) -> np.ndarray:
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(p["pits_disc"]),) * 2)
-    return _spread(hats(flatten(grey, p["pits_bg"]), disc), p["pits_spread"])
+    marked = (hats(flatten(grey, p["pits_bg"]), disc) > p["pits_level"]).astype(np.float32)
+    return 100 * smooth(marked, p["pits_spread"])
 
 
 def thin_marks(grey: np.ndarray, bg: float, width: float, length: float, vertical: bool) -> np.ndarray:
     """Thin marks at least ``length`` long in one direction: hats with a line of
-    ``width`` across that direction, opened with a line of ``length`` along it."""
-    thin = hats(flatten(grey, bg), _line(width, vertical=not vertical))
+    ``width`` across that direction, widened by 3 px across it (a slightly
+    slanted or wavy mark still fills a straight line), opened with a line of
+    ``length`` along it."""
+    thin = cv2.dilate(hats(flatten(grey, bg), _line(width, vertical=not vertical)), _line(3, not vertical))
     return cv2.morphologyEx(thin, cv2.MORPH_OPEN, _line(length, vertical))
 
 
@@ -220,9 +230,9 @@ def cross_response(grey: np.ndarray, p: dict) -> np.ndarray:
 
 def along_response(grey: np.ndarray, p: dict) -> np.ndarray:
     lines = thin_marks(grey, p["along_bg"], p["along_width"], p["along_length"], vertical=False)
-    flat = flatten(grey, 4 * p["along_bg"])
-    sigma = p["along_band_sigma"]
-    band = np.abs(smooth(flat, sigma, 2.0)) * np.sqrt(sigma)  # noise units of the mean
+    flat = grey - smooth(grey, 4 * p["along_bg"])
+    band = np.abs(smooth(flat, p["along_band_sigma"], 2.0))
+    band = cv2.morphologyEx(band / noise_level(band), cv2.MORPH_OPEN, _line(p["along_length"], vertical=False))
     return _spread(np.maximum(lines, band), p["along_spread"])
 
 
@@ -262,7 +272,7 @@ def pipeline_maps(grey: np.ndarray, params: dict) -> dict[str, np.ndarray]:
     grey, on_strip = prepare(grey)
     maps = {"on strip": on_strip.astype(np.float32),
             "flattened": np.clip(0.5 + flatten(grey, params["pits_bg"]) / 20, 0, 1)}
-    names = {1: "pits: hats, spread", 2: "across: thin, opened", 3: "along: thin or band", 4: "blotch: darkness"}
+    names = {1: "pits: marked share", 2: "across: thin, opened", 3: "along: thin or band", 4: "blotch: darkness"}
     for class_id, name in names.items():
         response = RESPONSES[class_id](grey, params) * on_strip
         maps[name] = np.clip(response / (2 * params[THRESHOLD_KEYS[class_id]]), 0, 1).astype(np.float32)
