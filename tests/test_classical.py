@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import predict
-from core.checkpoint import save_checkpoint
+import train
 from core.config import load_config, to_dict
 from models import build_model, load_model
 from models.classical import PARAM_SPACE, ClassicalPipeline, class_scores
@@ -104,8 +104,6 @@ def test_masked_dice_applies_minimum_areas():
 
 @pytest.mark.slow
 def test_train_py_fits_and_predict_py_draws_the_steps(tiny_data, tmp_path):
-    import train
-
     out = tmp_path / "classical"
     train.main(["--config", "configs/classical.yaml", f"--data.root={tiny_data}", f"--output_dir={out}",
                 "--model.classical.trials=2", "--model.classical.fit_images=6"])
@@ -121,9 +119,7 @@ def test_train_py_fits_and_predict_py_draws_the_steps(tiny_data, tmp_path):
 
 
 def test_registered_and_built_from_config():
-    model = build_model(load_config(None, ["--model.name=classical"]))
+    cfg = load_config(None, ["--model.name=classical", "--model.classical.trials=7"])
+    model = build_model(cfg)
     assert isinstance(model, ClassicalPipeline) and model.target_kind == "semantic"
-    path = save_checkpoint  # the checkpoint layout load_model reads
-    assert callable(path)
-    cfg = load_config(None, ["--model.name=classical"])
-    assert to_dict(cfg)["model"]["classical"]["trials"] == 40
+    assert to_dict(cfg)["model"]["classical"] == {"trials": 7, "fit_images": 200}
