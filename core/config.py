@@ -129,8 +129,8 @@ class ClassicalConfig:
     """``model.name: classical``: the OpenCV pipeline of models/classical.py, its parameters searched by
     workflows/classical_search.py (Optuna) on the training fold."""
 
-    trials: int = 40  # Optuna trials per class (the defaults are the first)
-    fit_images: int = 200  # strips per class's search: half with the class, half without; 0 = every training strip
+    trials: int = 25  # Optuna trials per class (the defaults are the first)
+    fit_images: int = 100  # strips per class's search: half with the class, half without; 0 = every training strip
 
 
 @dataclass(slots=True)  # a misspelt attribute is an error, not a new field

@@ -122,4 +122,4 @@ def test_registered_and_built_from_config():
     cfg = load_config(None, ["--model.name=classical", "--model.classical.trials=7"])
     model = build_model(cfg)
     assert isinstance(model, ClassicalPipeline) and model.target_kind == "semantic"
-    assert to_dict(cfg)["model"]["classical"] == {"trials": 7, "fit_images": 200}
+    assert to_dict(cfg)["model"]["classical"] == {"trials": 7, "fit_images": 100}
