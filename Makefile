@@ -30,7 +30,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 # synthetic data -> sanity-check the scorer -> train fold 0 and tune post-processing
-# on its validation images -> predict the held-out test strips -> score -> pictures.
+# on its validation images -> predict the held-out test strips -> score -> pictures -> the classical
+# and autoencoder baselines -> one leaderboard of the three (masks and pass/fail).
 # Every step is resumable: rerunning skips what is already done.
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic.py --out $(DATA) --train 800 --test 100 --seed 0
@@ -43,6 +44,12 @@ demo: $(STAMP)
 	@echo "== held-out score of the trained model, post-processing tuned on fold 0 =="
 	$(PY) scripts/evaluate.py --pred $(PRED)/submission.csv --truth $(DATA)/test_truth.csv --images $(DATA)/test_images
 	@echo "pictures: $(PRED)/overlays/*.jpg (test strips), $(RUN)/fold0/overlays/*.jpg (validation)"
+	@echo "== baselines: the classical pipeline (Optuna) and the autoencoder (defect-free strips only), then one table =="
+	$(PY) train.py --config configs/classical.yaml --data.root=$(DATA) --output_dir=$(RUN)_classical --resume
+	$(PY) train.py --config configs/autoencoder_demo_cpu.yaml --data.root=$(DATA) --output_dir=$(RUN)_autoencoder \
+		--train.amp=$(AMP) --predict.amp=$(AMP) --resume
+	$(PY) scripts/leaderboard.py --data.root=$(DATA) --runs $(RUN) $(RUN)_classical $(RUN)_autoencoder \
+		--out $(PRED)/leaderboard
 
 # the demo's model as a service on the loopback, with a fresh API key (SERVE_KEY=... to choose one)
 serve: $(STAMP)
@@ -60,4 +67,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench_serve.py
 
 clean:
-	rm -rf $(RUN) $(PRED) $(DATA)
+	rm -rf $(RUN) $(RUN)_classical $(RUN)_autoencoder $(PRED) $(DATA)

@@ -10,7 +10,10 @@ OUT/masks/<stem>.png (uint8 class id 0..4 per pixel, the image's size); with
 ``--save-probs`` OUT/probs/<stem>.npz (what scripts/tune_postprocess.py
 reads), with ``--overlays`` OUT/overlays/<stem>.jpg, with ``--gradcam``
 OUT/gradcam/<stem>.jpg (why the classification head flagged each class). Unreadable images are
-skipped and listed in OUT/skipped.txt (``--strict``: exit non-zero).
+skipped and listed in OUT/skipped.txt (``--strict``: exit non-zero). OUT/image_scores.csv holds
+image-level scores per class (``scripts/evaluate.py`` reads them for pass/fail); an anomaly model
+(``model.name: autoencoder``) also writes OUT/anomaly/<stem>.png (16-bit map) and
+OUT/anomaly_scores.csv (``ImageId,score``); overlays of the classical pipeline show its steps.
 
 Several checkpoints (e.g. cross-validation folds) are averaged as
 probabilities. The config is the first checkpoint's, with ``--predict.*`` and

@@ -28,6 +28,7 @@ from models import build_model, check_model_config, model_weights
 from training.data import build_train_dataset, build_val_dataset, load_run_data
 from training.logger import RunLogger
 from training.trainer import Trainer
+from workflows.classical_search import fit_classical
 from workflows.hparam_sweep import sweep_output_dir
 
 
@@ -74,7 +75,20 @@ def init_weights(model, path, verbose: bool) -> None:
 def describe_model(cfg: Config) -> str:
     if cfg.model.name == "maskrcnn":
         return f"maskrcnn ({cfg.model.maskrcnn.backbone}-FPN)"
+    if cfg.model.name != "smp":
+        return cfg.model.name
     return f"smp {cfg.model.smp.arch}/{cfg.model.smp.encoder}"
+
+
+def fit_by_search(cfg: Config, data, model, precision: Precision, resume_from, is_main: bool) -> dict:
+    """Fit a model whose parameters are searched (``fitted_by_search``) on rank 0;
+    with --resume on a finished run, nothing is redone."""
+    if not is_main:
+        return {}
+    if resume_from:
+        print(f"{cfg.output_dir} is already fitted ({resume_from}); nothing to resume")
+        return {"best_score": load_checkpoint(resume_from)["best_score"]}
+    return fit_classical(cfg, data, model, precision)
 
 
 def main(argv=None) -> dict:
@@ -112,6 +126,11 @@ def main(argv=None) -> dict:
     model = build_model(cfg)
     if cfg.model.init_checkpoint and not resume_from:
         init_weights(model, cfg.model.init_checkpoint, verbose=dist_info.is_main)
+    if getattr(model, "fitted_by_search", False):  # the classical pipeline: a parameter search, not the loop
+        record = fit_by_search(cfg, data, model, precision, resume_from, dist_info.is_main)
+        logger.finish({"best_score": record.get("best_score")})
+        cleanup()
+        return record
     train_set = build_train_dataset(cfg, data, model.target_kind)
     val_set = build_val_dataset(data)
     if dist_info.is_main:

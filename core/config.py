@@ -125,14 +125,39 @@ class MaskRCNNConfig:
 
 
 @dataclass(slots=True)  # a misspelt attribute is an error, not a new field
+class ClassicalConfig:
+    """``model.name: classical``: the OpenCV pipeline of models/classical.py, its parameters searched by
+    workflows/classical_search.py (Optuna) on the training fold."""
+
+    trials: int = 25  # Optuna trials per class (the defaults are the first)
+    fit_images: int = 100  # strips per class's search: half with the class, half without; 0 = every training strip
+
+
+@dataclass(slots=True)  # a misspelt attribute is an error, not a new field
+class AutoencoderConfig:
+    """``model.name: autoencoder``: the convolutional autoencoder of models/autoencoder.py, trained on the
+    training fold's defect-free strips only; its anomaly map is the per-pixel reconstruction error."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # per stride-2 stage of the encoder
+    latent_channels: int = 16  # the bottleneck, at 1 / 2**len(channels) of the input's size
+    l1: float = 1.0  # loss weights: mean absolute error,
+    l2: float = 0.0  # mean squared error,
+    ssim: float = 1.0  # and 1 - SSIM (11 px Gaussian window)
+    error_sigma: float = 4.0  # px, Gaussian smoothing of the absolute error (the anomaly map)
+    error_scale: float = 0.05  # the map is 1 - exp(-error / error_scale): in [0, 1], error in intensity units
+
+
+@dataclass(slots=True)  # a misspelt attribute is an error, not a new field
 class ModelConfig:
     """Four classes always (the Severstal ones, core/classes.py); the section
     of the chosen ``name`` is read, the other ignored."""
 
-    name: Literal["smp", "maskrcnn"] = "smp"  # a key of models.MODELS
+    name: Literal["smp", "maskrcnn", "classical", "autoencoder"] = "smp"  # a key of models.MODELS
     init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
     smp: SmpConfig = field(default_factory=SmpConfig)
     maskrcnn: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
 # MaskRCNNConfig's proposal, RoI and width budgets: validated >= 1; scripts/bench_maskrcnn.py resets them
@@ -453,6 +478,9 @@ def validate(cfg: Config) -> None:
         (cfg.ray.batch_size >= 1, "ray.batch_size", "must be >= 1"),
         (cfg.ray.num_cpus_per_worker > 0, "ray.num_cpus_per_worker", "must be > 0"),
         (cfg.ray.num_gpus_per_worker >= 0, "ray.num_gpus_per_worker", "must be >= 0"),
+        (cfg.model.classical.trials >= 1, "model.classical.trials", "must be >= 1"),
+        (len(cfg.model.autoencoder.channels) >= 1, "model.autoencoder.channels", "needs at least one stage"),
+        (cfg.model.autoencoder.error_scale > 0, "model.autoencoder.error_scale", "must be > 0"),
     ]
     for name in MASKRCNN_BUDGETS:
         checks.append((getattr(cfg.model.maskrcnn, name) >= 1, f"model.maskrcnn.{name}", "must be >= 1"))

@@ -20,11 +20,16 @@ Output folder (shared by every rank: one machine, or a shared file system):
   are kept); unreadable images are left out;
 - ``masks/<stem>.png``: uint8 [H, W] class ids 0..4 (where post-processed
   masks overlap, the class with the higher probability);
-- ``probs/<stem>.npz`` (``save_probs``), ``overlays/<stem>.jpg`` (``overlays``);
+- ``image_scores.csv``: image-level scores per class (``inference/image_scores.py``);
+- for an anomaly model (``anomaly_map``), ``anomaly/<stem>.png`` (uint16 map)
+  and ``anomaly_scores.csv`` (``ImageId,score``);
+- ``probs/<stem>.npz`` (``save_probs``), ``overlays/<stem>.jpg`` (``overlays``;
+  for a model with ``intermediate_maps``, the pipeline's steps below the strip);
 - ``skipped.txt``: unreadable images, one ``name<TAB>error`` per line (only
   when there are some);
 - ``.journal/rank<r>.jsonl``: one JSON object per image and line,
-  ``{"image", "rles": [4 RLE strings, class 1..4], "shape": [H, W]}`` or
+  ``{"image", "rles": [4 RLE strings, class 1..4], "shape": [H, W], "scores":
+  [4 image-level scores]}`` (plus ``"anomaly_score"`` for an anomaly model) or
   ``{"image", "error"}``; the last line about an image wins.
 """
 
@@ -55,9 +60,11 @@ from datasets.severstal import RERELEASED, list_images, write_mask_csv
 from models import load_model
 
 from .gradcam import cam_panel, grad_cam
+from .image_scores import (ANOMALY_DIR, ANOMALY_SCORES, IMAGE_SCORES, class_scores, write_anomaly_png,
+                           write_scores_csv)
 from .postprocess import PostProcess, probs_path, save_probs
 from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
-from .visualize import overlay_panel, to_bgr_uint8, write_image
+from .visualize import maps_panel, overlay_panel, to_bgr_uint8, write_image
 
 JOURNAL_DIR = ".journal"
 SUBMISSION = "submission.csv"
@@ -101,6 +108,8 @@ class Predictor:
         self.class_models = [m for m in self.models if has_class_head(m)]
         self.precision = resolve_amp(cfg.amp, self.device, key="predict.amp")
         self.autocast = self.precision.autocast
+        self.anomaly = all(getattr(m, "anomaly_map", False) for m in self.models)  # probs are anomaly maps
+        self.explained = next((m for m in self.models if hasattr(m, "intermediate_maps")), None)
 
     @property
     def has_class_probs(self) -> bool:
@@ -139,6 +148,13 @@ class Predictor:
             raise ConfigError("--gradcam needs a model with a classification head (model.smp.classification_head)")
         images = images.to(self.device)
         return (sum(grad_cam(model, images) for model in self.class_models) / len(self.class_models)).cpu()
+
+    def intermediate_maps(self, images: torch.Tensor) -> list[dict[str, np.ndarray]] | None:
+        """The steps of the first model's pipeline that can show them, per image
+        (name -> float32 [H, W] in [0, 1]); None when no model can."""
+        if self.explained is None:
+            return None
+        return [self.explained.intermediate_maps(image) for image in images]
 
     def _probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         model_fn = with_tta(self._forward(model), self.cfg.tta)
@@ -257,15 +273,16 @@ class ResultWriter:
     a record means every file of that image is complete."""
 
     def __init__(self, out_dir, postprocess: PostProcess, journal: Journal,
-                 save_probs: bool = False, overlays: bool = False, gradcam: bool = False):
+                 save_probs: bool = False, overlays: bool = False, gradcam: bool = False, anomaly: bool = False):
         self.out_dir, self.postprocess, self.journal = Path(out_dir), postprocess, journal
-        self.save_probs, self.overlays, self.gradcam = save_probs, overlays, gradcam
+        self.save_probs, self.overlays, self.gradcam, self.anomaly = save_probs, overlays, gradcam, anomaly
 
     def write(self, name: str, image: torch.Tensor, probs: torch.Tensor, class_probs: torch.Tensor | None,
-              cams: torch.Tensor | None = None) -> None:
+              cams: torch.Tensor | None = None, maps: dict[str, np.ndarray] | None = None) -> None:
         """image: float32 [3, H, W] in [0, 1]; probs: float32 [4, H, W] in
         [0, 1]; class_probs: float32 [4] or None; cams: Grad-CAM float32
-        [4, H, W] or None."""
+        [4, H, W] or None; maps: the model's intermediate maps (drawn below
+        the overlay) or None."""
         masks = self.postprocess(probs, class_probs)
         stem = Path(name).stem
         write_image(self.out_dir / "masks" / f"{stem}.png", class_map(masks, probs.numpy()))
@@ -273,11 +290,18 @@ class ResultWriter:
             save_probs(probs_path(self.out_dir / "probs", name), probs, class_probs)
         if self.overlays:
             overlay = overlay_panel(to_bgr_uint8(image), masks, title=name)
+            if maps:
+                overlay = np.concatenate([overlay, maps_panel(maps)], axis=0)
             write_image(self.out_dir / "overlays" / f"{stem}.jpg", overlay)
         if cams is not None:
             panel = cam_panel(to_bgr_uint8(image), cams.numpy(), class_probs.numpy())
             write_image(self.out_dir / "gradcam" / f"{stem}.jpg", panel)
-        self.journal.append({"image": name, "rles": [rle_encode(m) for m in masks], "shape": list(masks.shape[1:])})
+        record = {"image": name, "rles": [rle_encode(m) for m in masks], "shape": list(masks.shape[1:]),
+                  "scores": class_scores(probs, class_probs)}
+        if self.anomaly:
+            write_anomaly_png(self.out_dir / ANOMALY_DIR / f"{stem}.png", probs[0].numpy())
+            record["anomaly_score"] = round(float(probs[0].max()), 6)
+        self.journal.append(record)
 
     def skip(self, name: str, error: Exception) -> None:
         self.journal.append({"image": name, "error": str(error)})
@@ -288,13 +312,13 @@ class ProbsWriter:
     (``save_probs``; the file appears whole or not at all, so it marks the
     image done). An unreadable image stops the run with its error."""
 
-    gradcam = False
+    gradcam = overlays = False
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
 
     def write(self, name: str, image: torch.Tensor, probs: torch.Tensor, class_probs: torch.Tensor | None,
-              cams: torch.Tensor | None = None) -> None:
+              cams: torch.Tensor | None = None, maps: dict | None = None) -> None:
         """probs: float32 [4, H, W] in [0, 1]; class_probs: float32 [4] or None."""
         save_probs(probs_path(self.out_dir, name), probs, class_probs)
 
@@ -331,7 +355,7 @@ def predict_folder(predictor: Predictor, postprocess: PostProcess, image_dir, ou
         raise ConfigError("--gradcam needs a model with a classification head (model.smp.classification_head)")
     todo = broadcast_object(todo_images(names, journal_dir, resume) if dist_info.is_main else None)
     with Journal(journal_dir / f"rank{dist_info.rank}.jsonl") as journal:
-        writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam)
+        writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam, predictor.anomaly)
         n_predicted = _predict_images(predictor, ImageFolder(image_dir, shard(todo, dist_info)), writer,
                                       dist_info.is_main)
     n_predicted = sum(gather_objects(n_predicted))  # a collective: past it, every rank's journal is closed
@@ -399,9 +423,10 @@ def _predict_images(predictor: Predictor, dataset: ImageFolder, writer: ResultWr
     for names, images in same_size_groups(_readable(items, writer), predictor.images_per_call):
         probs, class_probs = predictor.predict_probs(images)
         cams = predictor.class_activation_maps(images) if writer.gradcam else None
+        maps = predictor.intermediate_maps(images) if writer.overlays else None
         for i, name in enumerate(names):
             writer.write(name, images[i], probs[i], None if class_probs is None else class_probs[i],
-                         None if cams is None else cams[i])
+                         None if cams is None else cams[i], None if maps is None else maps[i])
         n_done += len(names)
     return n_done
 
@@ -421,9 +446,20 @@ def write_submission(out_dir: Path, names: list[str], layout: str, n_predicted: 
     finished = [n for n in names if "rles" in records.get(n, {})]
     rles = {n: dict(zip(CLASS_IDS, records[n]["rles"])) for n in finished}
     write_mask_csv(out_dir / SUBMISSION, rles, layout, image_ids=finished, submission=True)
+    _write_image_scores(out_dir, finished, records)
     skipped = {n: records[n]["error"] for n in names if "error" in records.get(n, {})}
     if skipped:
         atomic_write_text(out_dir / SKIPPED, "".join(f"{n}\t{e}\n" for n, e in skipped.items()))
     else:
         (out_dir / SKIPPED).unlink(missing_ok=True)
     return RunSummary(out_dir / SUBMISSION, len(names), len(finished), n_predicted, skipped)
+
+
+def _write_image_scores(out_dir: Path, finished: list[str], records: dict[str, dict]) -> None:
+    """image_scores.csv and, for an anomaly model, anomaly_scores.csv, from the journals' records."""
+    scored = [n for n in finished if "scores" in records[n]]
+    write_scores_csv(out_dir / IMAGE_SCORES, {n: records[n]["scores"] for n in scored}, per_class=True)
+    anomalous = [n for n in finished if "anomaly_score" in records[n]]
+    if anomalous:
+        write_scores_csv(out_dir / ANOMALY_SCORES, {n: [records[n]["anomaly_score"]] for n in anomalous},
+                         per_class=False)

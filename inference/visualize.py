@@ -55,6 +55,18 @@ def overlay_panel(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None 
     return np.concatenate(panels, axis=0)
 
 
+def maps_panel(maps: dict[str, np.ndarray]) -> np.ndarray:
+    """Named maps (float [H, W] in [0, 1]) as heat maps, each under a bar with
+    its name, stacked: uint8 [*, W, 3] BGR."""
+    panels = []
+    for name, values in maps.items():
+        heat = cv2.applyColorMap(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+        bar = np.full((22, heat.shape[1], 3), 32, np.uint8)
+        cv2.putText(bar, name, (6, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        panels += [bar, heat]
+    return np.concatenate(panels, axis=0)
+
+
 def write_image(path: Path, image: np.ndarray) -> None:
     """Encode ``image`` (uint8 [H, W] or BGR [H, W, 3]) in the format of
     ``path``'s suffix (.png, .jpg) and write it atomically."""

@@ -16,10 +16,13 @@ from torch import nn
 from core.checkpoint import load_checkpoint
 from core.config import Config, ConfigError, load_config
 
+from .autoencoder import build_autoencoder
+from .classical import build_classical
 from .maskrcnn import build_maskrcnn
 from .smp_models import build_smp
 
-MODELS = {"smp": build_smp, "maskrcnn": build_maskrcnn}
+MODELS = {"smp": build_smp, "maskrcnn": build_maskrcnn, "classical": build_classical,
+          "autoencoder": build_autoencoder}
 
 
 def build_model(cfg: Config) -> nn.Module:

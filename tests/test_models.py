@@ -36,10 +36,10 @@ def batch(b=2, size=64):
 
 
 def test_registry_names_and_unknown_model_error():
-    assert set(MODELS) == {"smp", "maskrcnn"}
+    assert set(MODELS) == {"smp", "maskrcnn", "classical", "autoencoder"}
     cfg = Config()
     cfg.model.name = "classifier"
-    with pytest.raises(ConfigError, match="'classifier'.*smp, maskrcnn"):
+    with pytest.raises(ConfigError, match="'classifier'.*smp, maskrcnn, classical, autoencoder"):
         build_model(cfg)
 
 

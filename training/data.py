@@ -95,6 +95,9 @@ def split_path(cfg: Config) -> Path:
 def build_train_dataset(cfg: Config, data: RunData, target_kind: str):
     crop = (cfg.data.crop_height, cfg.data.crop_width) if cfg.data.crop_width else None
     common = dict(crop=crop, crop_defect_prob=cfg.data.crop_defect_prob, transform=build_train_transform(cfg.augment))
+    if target_kind == "defect_free":  # an anomaly detector learns good steel only (models/autoencoder.py)
+        good = [i for i in data.train_ids if not data.train_annotations.classes_present(i)]
+        return SeverstalSegmentation(data.train_annotations, good, **common)
     if target_kind == "instance":
         return SeverstalInstances(data.train_annotations, data.train_ids, min_area=cfg.data.min_instance_area,
                                   **common)
