@@ -202,11 +202,12 @@ def _export(model: AveragedModel, inputs: tuple[Tensor, ...], opset: int, dynamo
 
 
 def check_parity(model: AveragedModel, data: bytes, cases: dict[str, tuple[Tensor, ...]],
-                 tolerance: float = PARITY_TOLERANCE) -> dict[str, float]:
+                 tolerance: float | None = None) -> dict[str, float]:
     """Max abs difference of every output, ONNX Runtime (CPU) on the
     serialised graph ``data`` against eager ``model``, per named case (the
     graph's inputs, float32 [B, 3, H, W] each). Raises ExportRefused above
-    ``tolerance``."""
+    ``tolerance`` (default ``PARITY_TOLERANCE``)."""
+    tolerance = PARITY_TOLERANCE if tolerance is None else tolerance
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     parity = {}
