@@ -10,11 +10,11 @@ marked slow.
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
@@ -288,3 +288,30 @@ def test_the_student_learns_the_averaged_teachers_probabilities(checkpoints):
     assert all(p.grad is None for m in teacher.models for p in m.parameters())
     with pytest.raises(ValueError, match="teacher_probs"):
         student(images, targets)
+
+
+# ---------------------------------------------------------------- int8
+
+
+@pytest.mark.slow
+def test_quantize_writes_a_self_contained_int8_file_and_scores_it(exported, tiny_data, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("quantize_script", REPO / "scripts" / "quantize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    truth = tmp_path / "truth.csv"
+    names = sorted(p.name for p in (tiny_data / "test_images").iterdir())
+    truth.write_text("ImageId,EncodedPixels,ClassId\n" + "".join(f"{n},1 10,3\n" for n in names))
+    out = tmp_path / "model.int8.onnx"
+    scores = script.main([str(exported.path), "--calibrate", str(tiny_data), "--out", str(out), "--strips", "2",
+                          "--images", str(tiny_data / "test_images"), "--truth", str(truth)])
+    printed = capsys.readouterr().out
+    assert "held-out Kaggle score change, int8 - float32" in printed and set(scores) == {"float32", "int8"}
+    meta = read_metadata(out)
+    assert meta["quantized"]["weights"] == "int8 per channel" and len(meta["quantized"]["calibration"]) == 2
+    assert meta["postprocess"] == read_metadata(exported.path)["postprocess"]
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    tiles = torch.rand(2, 3, 256, 256).numpy()
+    probs, _ = session.run(None, {"images": tiles, "class_images": tiles})
+    assert probs.shape == (2, 4, 256, 256) and 0 <= probs.min() and probs.max() <= 1
