@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from core.config import load_config
 from core.files import atomic_path
@@ -66,10 +68,14 @@ def quantize_file(source, out, data_root, n_strips: int = 16, seed: int = 0) -> 
     class_input = any(i.name == CLASS_INPUT for i in model.graph.input)
     paths = calibration_images(data_root, n_strips, seed, cfg.data.train_images)
     reader = StripTiles(paths, cfg.predict.tile, cfg.predict.stride, class_input)
-    with atomic_path(Path(out).with_suffix(".tmp.onnx")) as tmp:
-        quantize_static(str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+    with tempfile.TemporaryDirectory() as work:
+        pre, quantized_path = Path(work) / "pre.onnx", Path(work) / "int8.onnx"
+        # ONNX Runtime's optimiser first: BatchNorm folded into the convolutions, so that each
+        # convolution, not a BatchNorm after it, is what gets quantised
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(quantized_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        quantized = onnx.load(str(tmp))
+        quantized = onnx.load(str(quantized_path))
     props = {p.key: p.value for p in model.metadata_props}
     props["severstal.quantized"] = json.dumps({"format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
                                                "calibration": [str(p) for p in paths]})
