@@ -32,7 +32,8 @@ from .tiling import tile_starts
 
 
 class StripTiles(CalibrationDataReader):
-    """Calibration feeds from ``n_strips`` training images drawn with ``seed``."""
+    """ONNX Runtime's calibration feeds, one per strip of ``paths``: its tiles
+    (float32 [n, 3, tile, tile]) and, with ``class_input``, the strip itself."""
 
     def __init__(self, paths: list[Path], tile: int, stride: int, class_input: bool):
         self.paths, self.tile, self.stride, self.class_input = paths, tile, stride, class_input

@@ -22,7 +22,7 @@ import torch
 
 import predict
 import serve
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.checkpoint import save_checkpoint
 from core.config import ConfigError, load_config, to_dict
 from core.precision import resolve_amp
 from datasets.rle import rle_decode
