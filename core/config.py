@@ -154,6 +154,9 @@ class ModelConfig:
 
     name: Literal["smp", "maskrcnn", "classical", "autoencoder"] = "smp"  # a key of models.MODELS
     init_checkpoint: str = ""  # start from this checkpoint's weights (e.g. a fine-tuning stage)
+    # distillation (loss.distill > 0): checkpoints whose averaged per-pixel probabilities, computed on the fly on
+    # the same augmented crops, the model also learns from (training/distill.py)
+    teacher_checkpoint: list[str] = field(default_factory=list)
     smp: SmpConfig = field(default_factory=SmpConfig)
     maskrcnn: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
@@ -176,6 +179,7 @@ class LossConfig:
     pos_weight: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # BCE, per class
     focal_gamma: float = 2.0
     cls: float = 0.0  # BCE on image-level labels, for models with a classification head
+    distill: float = 0.0  # BCE of the mask logits against model.teacher_checkpoint's probabilities (smp only)
 
 
 @dataclass
@@ -482,6 +486,9 @@ def validate(cfg: Config) -> None:
         (len(cfg.model.autoencoder.channels) >= 1, "model.autoencoder.channels", "needs at least one stage"),
         (cfg.model.autoencoder.error_scale > 0, "model.autoencoder.error_scale", "must be > 0"),
     ]
+    checks.append((bool(cfg.model.teacher_checkpoint) == (cfg.loss.distill > 0), "loss.distill",
+                   "> 0 and model.teacher_checkpoint go together (the weight of the teacher's term, and the teacher)"))
+    checks.append((cfg.loss.distill == 0 or cfg.model.name == "smp", "loss.distill", "needs model.name: smp"))
     for name in MASKRCNN_BUDGETS:
         checks.append((getattr(cfg.model.maskrcnn, name) >= 1, f"model.maskrcnn.{name}", "must be >= 1"))
     for name in ("threshold", "min_component_area", "min_total_area", "gate"):

@@ -31,18 +31,21 @@ class SegmentationModel(nn.Module):
 
     ``train()``: ``forward(images, targets) -> dict[str, Tensor]`` of float32
     scalar losses; ``targets["masks"]`` float [B, C, H, W] in {0, 1} and, with a
-    classification head, ``targets["labels"]`` float [B, C] in {0, 1}.
+    classification head, ``targets["labels"]`` float [B, C] in {0, 1}. With
+    ``distill_weight > 0``, ``targets["teacher_probs"]`` float [B, C, H, W] in
+    [0, 1] adds ``loss_distill``, the weighted BCE of the mask logits against them.
     ``eval()``: ``forward(images) -> float32 [B, C, H, W]`` probabilities in [0, 1].
     ``images``: float32 [B, 3, H, W] in [0, 1], H and W divisible by 32.
     """
 
     target_kind = "semantic"
 
-    def __init__(self, net: nn.Module, seg_loss: SegLoss, cls_weight: float = 0.0):
+    def __init__(self, net: nn.Module, seg_loss: SegLoss, cls_weight: float = 0.0, distill_weight: float = 0.0):
         super().__init__()
         self.net = net
         self.seg_loss = seg_loss
         self.cls_weight = cls_weight
+        self.distill_weight = distill_weight
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -58,6 +61,10 @@ class SegmentationModel(nn.Module):
         if targets is None:
             raise ValueError("SegmentationModel in train mode needs targets; call model.eval() to predict")
         losses = self.seg_loss(mask_logits, targets["masks"])
+        if self.distill_weight > 0:
+            if "teacher_probs" not in targets:
+                raise ValueError("loss.distill > 0 needs targets['teacher_probs'] (training.distill.Teacher adds them)")
+            losses["loss_distill"] = self.distill_weight * _soft_bce(mask_logits, targets["teacher_probs"])
         if class_logits is not None:
             losses["loss_cls"] = self.cls_weight * _image_label_loss(class_logits, targets["labels"])
         return losses
@@ -137,6 +144,12 @@ def _image_label_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(class_logits.float(), labels.float())
 
 
+def _soft_bce(logits: Tensor, probs: Tensor) -> Tensor:
+    """BCE of logits [B, C, H, W] against soft targets in [0, 1] (a teacher's probabilities), in float32."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return F.binary_cross_entropy_with_logits(logits.float(), probs.float())
+
+
 def build_smp(cfg: Config) -> SegmentationModel:
     """The smp network named by ``cfg.model.smp.arch`` / ``cfg.model.smp.encoder``.
 
@@ -158,4 +171,4 @@ def build_smp(cfg: Config) -> SegmentationModel:
         if not kwargs:
             raise
         raise ConfigError(f"model.smp.arch_kwargs={kwargs} for {m.arch}: {type(err).__name__}: {err}") from err
-    return SegmentationModel(net, build_seg_loss(cfg.loss), cls_weight=cfg.loss.cls)
+    return SegmentationModel(net, build_seg_loss(cfg.loss), cls_weight=cfg.loss.cls, distill_weight=cfg.loss.distill)

@@ -33,6 +33,7 @@ from inference.predictor import has_class_head
 from inference.visualize import overlay_panel, to_bgr_uint8
 
 from .data import train_loader, val_loader
+from .distill import Teacher
 from .logger import RunLogger
 from .optim import build_ema, build_optimizer, build_scheduler
 
@@ -61,6 +62,7 @@ class Trainer:
         self.precision = precision or resolve_amp(cfg.train.amp, self.device, key="train.amp")
         self.autocast = self.precision.autocast
         self.model = self._prepare_model(model)
+        self.teacher = Teacher.from_config(cfg, self.device, self.precision)  # None without distillation
         self.steps_per_epoch = self._steps_per_epoch()
         self.optimizer = build_optimizer(self.raw_model, cfg.optim)
         self.scheduler, self.scheduler_when = build_scheduler(
@@ -184,6 +186,8 @@ class Trainer:
         targets = to_device(targets, self.device)
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.teacher is not None:
+            targets = self.teacher.label(images, targets)
         no_sync = self.model.no_sync if isinstance(self.model, DistributedDataParallel) and not sync else nullcontext
         with no_sync():
             with self.autocast():

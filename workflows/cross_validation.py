@@ -15,11 +15,12 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from core.config import Config, load_config
+from core.config import Config, ConfigError, load_config
 from core.distributed import DistInfo, cleanup, init_distributed
 from core.files import atomic_write_text
 from datasets.splits import fold_image_ids, load_or_make_folds
 from inference.metrics import per_class_table
+from inference.onnx_predictor import is_onnx, load_onnx_predictor
 from inference.postprocess import PostProcess, TuneResult, choose_postprocess, labelled_probs, probs_path, tune
 from inference.predictor import Predictor, load_models, missing_probs, predict_probs_files
 from training.data import load_run_data, split_path
@@ -128,9 +129,17 @@ def load_predictor(checkpoints: Sequence, overrides: Sequence[str], device) -> t
     """What predict.py and serve.py run: the checkpoints' averaged models
     with the first one's predict settings and ``overrides`` on top, and the
     post-processing ``choose_postprocess`` picks (a cross-validation's tuned
-    file for its folds), with where it came from in words."""
-    models, cfg = load_models(checkpoints, overrides, device)
+    file for its folds), with where it came from in words. One ``.onnx``
+    file (scripts/export.py) gives an ``OnnxPredictor`` with the settings
+    and post-processing stored in it."""
     overridden = [o[len("--postprocess."):].split("=", 1)[0] for o in overrides if o.startswith("--postprocess.")]
+    if any(is_onnx(c) for c in checkpoints):
+        if len(checkpoints) > 1:
+            raise ConfigError("one .onnx file at a time: scripts/export.py averages several checkpoints into one")
+        predictor, cfg = load_onnx_predictor(checkpoints[0], overrides, device)
+        postprocess, origin = choose_postprocess(cfg.postprocess, checkpoints, overridden)
+        return predictor, postprocess, origin
+    models, cfg = load_models(checkpoints, overrides, device)
     postprocess, origin = choose_postprocess(cfg.postprocess, checkpoints, overridden,
                                              cv_postprocess_for(checkpoints))
     return Predictor(models, cfg.predict, device), postprocess, origin
