@@ -26,6 +26,8 @@ import numpy as np
 from .io import read_image
 from .severstal import Annotations
 
+POISSON_MARGIN = 3  # source pixels around an instance that Poisson blending reads (its edge's gradient)
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -74,10 +76,14 @@ class InstancePool:
         """The strips any pasted pixel can come from."""
         return {i.image_id for found in self.by_class.values() for i in found}
 
-    def pixels(self, instance: Instance) -> np.ndarray:
-        """uint8 [height, width, 3]: the strip's pixels in the instance's box."""
+    def pixels(self, instance: Instance, margin: int = 0) -> np.ndarray:
+        """uint8 [height + 2 margin, width + 2 margin, 3]: the strip's pixels in
+        the instance's box grown by ``margin`` (reflected past the strip's edge)."""
         image = read_image(self.annotations.path(instance.image_id))
-        return image[instance.top:instance.top + instance.height, instance.left:instance.left + instance.width]
+        if margin:
+            image = cv2.copyMakeBorder(image, margin, margin, margin, margin, cv2.BORDER_REFLECT)
+        return image[instance.top:instance.top + instance.height + 2 * margin,
+                     instance.left:instance.left + instance.width + 2 * margin]
 
 
 class CopyPaste(A.DualTransform):
@@ -108,11 +114,13 @@ class CopyPaste(A.DualTransform):
             class_id = self.pool.classes[int(rng.integers(len(self.pool.classes)))]
             found = self.pool.by_class[class_id]
             instance = found[int(rng.integers(len(found)))]
-            mask, pixels = instance.mask(), self.pool.pixels(instance)
+            # Poisson blending needs the source's edge around the instance: a margin of its pixels
+            margin = POISSON_MARGIN if self.blend == "poisson" else 0
+            mask, pixels = np.pad(instance.mask(), margin), self.pool.pixels(instance, margin)
             # cut to the crop: a random window of an instance larger than it
-            h, w = min(instance.height, height), min(instance.width, width)
-            y0 = int(rng.integers(instance.height - h + 1))
-            x0 = int(rng.integers(instance.width - w + 1))
+            h, w = min(mask.shape[0], height), min(mask.shape[1], width)
+            y0 = int(rng.integers(mask.shape[0] - h + 1))
+            x0 = int(rng.integers(mask.shape[1] - w + 1))
             mask, pixels = mask[y0:y0 + h, x0:x0 + w], pixels[y0:y0 + h, x0:x0 + w]
             if not mask.any():
                 continue
@@ -172,11 +180,16 @@ def alpha_blend(target: np.ndarray, pixels: np.ndarray, mask: np.ndarray, feathe
 
 def poisson_blend(target: np.ndarray, pixels: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray:
     """uint8 like ``target``: ``cv2.seamlessClone`` (normal clone) of
-    ``pixels`` into ``target`` inside ``mask``, unchanged outside it. Both
-    are padded by ``pad`` reflected pixels so the clone never touches a border."""
+    ``pixels`` into ``target`` inside ``mask``, unchanged outside it. The
+    clone's region is ``mask`` grown by POISSON_MARGIN pixels (``pixels``
+    should hold the source around the instance there), so the gradient at
+    the instance's edge, its contrast, is carried over; then only the
+    pixels of ``mask`` are kept. Both images are padded by ``pad`` reflected
+    pixels so the clone never touches a border."""
     src = cv2.copyMakeBorder(pixels, pad, pad, pad, pad, cv2.BORDER_REFLECT)
     dst = cv2.copyMakeBorder(target, pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    clone_mask = np.pad(mask, pad).astype(np.uint8) * 255
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * POISSON_MARGIN - 1,) * 2, np.uint8))
+    clone_mask = np.pad(grown, pad) * 255
     x, y, bw, bh = cv2.boundingRect(clone_mask)
     # seamlessClone puts the centre of the mask's bounding box at ``center``: keep it where it was
     center = (x + bw // 2, y + bh // 2)
