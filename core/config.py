@@ -370,7 +370,7 @@ def set_dotted(cfg: Config, dotted: str, value, source: str) -> None:
     others kept, while the field itself (``model.smp.arch_kwargs``) is replaced."""
     parts, node = dotted.split("."), cfg
     moved = None
-    if parts[0] == "model" and len(parts) > 1:
+    if parts[0] == "model" and len(parts) > 1 and isinstance(cfg.model, ModelConfig):
         moved = _moved_model_key(parts[1], cfg.model.name == "maskrcnn")
     if moved:  # a flat key of the older schema, e.g. a sweep's --model.arch_kwargs.upsampling=2
         warnings.warn(f"{source}: model.{parts[1]} is now model.{moved}", ConfigWarning, stacklevel=2)

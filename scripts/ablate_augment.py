@@ -56,8 +56,8 @@ from inference.scoring import score_csv
 from training.gan import LAST, synthesize, train_gan
 
 REPO = Path(__file__).resolve().parents[1]
-REDUCED = ["--train.epochs=4", "--train.max_steps_per_epoch=40", "--train.val_every=4",
-           "--data.max_val_images=80", "--wandb.mode=disabled"]
+REDUCED = ["--train.epochs=4", "--train.max_steps_per_epoch=25", "--train.val_every=4",
+           "--data.max_val_images=40", "--wandb.mode=disabled"]
 COPY_PASTE = ["--augment.copy_paste.p=0.5", "--augment.copy_paste.classes=[1,2]",
               "--augment.copy_paste.max_pastes=2", "--augment.copy_paste.blend=alpha"]
 GAN_FLAGS = ["--train.classes=[1,2]", "--wandb.mode=disabled"]
@@ -74,6 +74,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         "layout with its split file folds_k5_s42.csv)")
     parser.add_argument("--heldout", type=Path, default=None, help="held-out folder with test_images/ and "
                         "test_truth.csv (default: --data)")
+    parser.add_argument("--heldout-others", type=int, default=0, help="score the held-out strips holding class 1 "
+                        "or 2 and only this many others (0 = every strip)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo_cpu.yaml")
     parser.add_argument("--gan-config", type=Path, default=REPO / "configs" / "gan_demo_cpu.yaml")
     parser.add_argument("--gan-per-class", default="1:150,2:150", help="strips synthesised per class (default "
@@ -94,7 +96,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def study_settings(args, overrides) -> dict:
-    return {"data": str(args.data), "heldout": str(args.heldout), "config": str(args.config),
+    return {"data": str(args.data), "heldout": str(args.heldout), "heldout_others": args.heldout_others,
+            "config": str(args.config),
             "gan_config": str(args.gan_config), "gan_per_class": args.gan_per_class, "gan_steps": args.gan_steps, "low_class2": args.low_class2,
             "reduced": REDUCED, "copy_paste": COPY_PASTE, "gan_flags": GAN_FLAGS, "overrides": list(overrides)}
 
@@ -201,10 +204,9 @@ def run_cell(setting: str, variant: str, seed: int, args, overrides) -> dict:
     train.main([*flags, *overrides, "--resume"])
     trained = time.perf_counter() - started
     pred = cell / "pred"
-    predict.main(["--checkpoint", str(cell / "run" / "best.pt"), "--images", str(args.heldout / "test_images"),
-                  "--out", str(pred), "--resume"])
-    image_ids = list_images(args.heldout / "test_images")
-    truth = args.heldout / "test_truth.csv"
+    images, truth, image_ids = heldout_set(args)
+    predict.main(["--checkpoint", str(cell / "run" / "best.pt"), "--images", str(images), "--out", str(pred),
+                  "--resume"])
     scored = score_csv(pred / "submission.csv", truth, image_ids)
     return {"setting": setting, "variant": variant, "seed": seed, "score": scored["score"],
             "per_class": dict(scored["per_class"]), "empty_baseline": scored["empty_baseline"],
@@ -251,8 +253,33 @@ def report_markdown(results: list[dict], command: str) -> str:
 
 
 def cells(args) -> list[tuple[str, str, int]]:
-    """Seed-major, so that a study stopped early has every variant of the first seeds."""
-    return [(s, v, seed) for seed in args.seeds for s in args.settings for v in args.variants]
+    """Setting by setting, seed-major inside one, so that a study stopped
+    early has every variant of the first setting's first seeds."""
+    return [(s, v, seed) for s in args.settings for seed in args.seeds for v in args.variants]
+
+
+def heldout_set(args) -> tuple[Path, Path, list[str]]:
+    """(images folder, truth csv, image ids) scored: every strip of
+    ``--heldout``, or with ``--heldout-others K`` the strips holding a rare
+    class (1 or 2) and the first K others by name, linked into OUT/heldout."""
+    images, truth = args.heldout / "test_images", args.heldout / "test_truth.csv"
+    if not args.heldout_others:
+        return images, truth, list_images(images)
+    folder = args.out / "heldout"
+    if (folder / "test_truth.csv").is_file():
+        return folder / "test_images", folder / "test_truth.csv", list_images(folder / "test_images")
+    table = read_mask_table(truth)
+    rles = table_to_rles(table)
+    names = list_images(images)
+    rare = [i for i in names if set(rles.get(i, {})) & set(RARE)]
+    chosen = sorted(rare + [i for i in names if i not in rare][: args.heldout_others])
+    (folder / "test_images").mkdir(parents=True, exist_ok=True)
+    for name in chosen:
+        if not (folder / "test_images" / name).exists():
+            (folder / "test_images" / name).symlink_to((images / name).resolve())
+    rows = table[table["ImageId"].isin(chosen)][["ImageId", "ClassId", "EncodedPixels"]]
+    atomic_write_text(folder / "test_truth.csv", rows.to_csv(index=False))
+    return folder / "test_images", folder / "test_truth.csv", chosen
 
 
 def main(argv=None) -> list[dict]:
