@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.files import atomic_write_text
+from core.config import to_dict
+from core.files import atomic_path, atomic_write_text
 from core.gan_config import GanConfig, load_gan_config, save_gan_config
 from core.precision import Precision, resolve_amp
 from datasets.copy_paste import feather_alpha
@@ -212,8 +213,6 @@ def tile_row(images: np.ndarray, masks: np.ndarray, label: str) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    from core.files import atomic_path
-
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"cv2 cannot encode the grid {image.shape} as png: {path}")
@@ -222,8 +221,6 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def _plain(cfg: GanConfig) -> dict:
-    from core.config import to_dict
-
     return to_dict(cfg)
 
 
