@@ -10,7 +10,9 @@ instances at random places in the crop, blending the pixels inside each
 instance's mask (feathered alpha, or Poisson blending with
 ``cv2.seamlessClone``), and sets the masks there: the pasted class on, the
 others off. Pixels outside a pasted mask are never changed, so the image
-and its masks stay aligned. Its draws come from Albumentations' seeded
+and its masks stay aligned. Poisson blending carries the source's gradients
+(texture and the step at its edge) rather than its grey levels, so a
+defect's contrast comes out softer than with alpha blending, the default. Its draws come from Albumentations' seeded
 generator (``Compose.set_random_seed``): the same seed pastes the same thing.
 """
 
