@@ -80,14 +80,14 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class PatchDiscriminator(nn.Module):
     """``forward(image, mask, class_ids)`` -> logits [N, 1, H/8, W/8], one per overlapping patch."""
 
-    def __init__(self, base: int = 32):
+    def __init__(self, base: int = 32, spectral_norm: bool = False):
         super().__init__()
-        sn = nn.utils.spectral_norm
+        sn = nn.utils.spectral_norm if spectral_norm else (lambda layer: layer)
         cin = 2 + NUM_CLASSES
         self.net = nn.Sequential(
             sn(nn.Conv2d(cin, base, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True),
-            sn(nn.Conv2d(base, 2 * base, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True),
-            sn(nn.Conv2d(2 * base, 4 * base, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True),
+            sn(nn.Conv2d(base, 2 * base, 4, 2, 1)), _norm(2 * base, spectral_norm), nn.LeakyReLU(0.2, inplace=True),
+            sn(nn.Conv2d(2 * base, 4 * base, 4, 2, 1)), _norm(4 * base, spectral_norm), nn.LeakyReLU(0.2, inplace=True),
             sn(nn.Conv2d(4 * base, 1, 3, 1, 1)),
         )
 
@@ -95,17 +95,34 @@ class PatchDiscriminator(nn.Module):
         return self.net(torch.cat([image, mask, class_map(mask, class_ids)], 1)).float()
 
 
-def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
-    """``kind`` hinge or lsgan, on the logits of real and generated patches."""
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean())
+def _norm(channels: int, spectral_norm: bool) -> nn.Module:
+    """pix2pix's normalisation between the discriminator's convolutions; none under spectral norm."""
+    return nn.Identity() if spectral_norm else nn.GroupNorm(min(4, channels), channels)
 
 
-def generator_adv_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
+def logit_weights(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """[N, 1, h, w]: 1 where a discriminator logit's cell holds a mask pixel.
+    Outside the mask real and generated patches are alike by design, so the
+    adversarial losses count only these cells (else the defect's few cells
+    drown in the background's)."""
+    return F.adaptive_max_pool2d(mask.float(), logits.shape[-2:])
+
+
+def _mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (values * weight).sum() / weight.sum().clamp(min=1)
+
+
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str, weight: torch.Tensor) -> torch.Tensor:
+    """``kind`` hinge or lsgan, on the logits of real and generated patches, over the cells of ``weight``."""
     if kind == "hinge":
-        return -fake.mean()
-    return 0.5 * ((fake - 1) ** 2).mean()
+        return _mean(F.relu(1 - real), weight) + _mean(F.relu(1 + fake), weight)
+    return 0.5 * (_mean((real - 1) ** 2, weight) + _mean(fake ** 2, weight))
+
+
+def generator_adv_loss(fake: torch.Tensor, kind: str, weight: torch.Tensor) -> torch.Tensor:
+    if kind == "hinge":
+        return -_mean(fake, weight)
+    return 0.5 * _mean((fake - 1) ** 2, weight)
 
 
 def masked_l1(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

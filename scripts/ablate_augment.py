@@ -155,11 +155,11 @@ def gan_strips(setting: str, root: Path, split: Path, args) -> Path:
     if (synth / "train.csv").is_file():
         return synth
     started = time.perf_counter()
-    flags = [f"--data.root={root}", f"--data.split_file={split}", f"--output_dir={base / 'gan'}", *GAN_FLAGS]
+    flags = [f"--data.root={root}", f"--data.split_file={split}", f"--output_dir={base / 'gan_model'}", *GAN_FLAGS]
     if args.gan_steps:
         flags.append(f"--train.steps={args.gan_steps}")
     cfg = load_gan_config(args.gan_config, flags)
-    last = base / "gan" / LAST
+    last = base / "gan_model" / LAST
     if last.is_file():
         cfg = load_gan_config(base=load_checkpoint(last)["config"], overrides=flags)
     train_gan(cfg, resume=True)

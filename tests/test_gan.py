@@ -12,7 +12,8 @@ import torch
 from core.config import ConfigError, load_config
 from core.gan_config import load_gan_config
 from datasets.severstal import Annotations
-from models.gan import DefectGenerator, PatchDiscriminator, erase
+from models.gan import (DefectGenerator, PatchDiscriminator, discriminator_loss, erase, generator_adv_loss,
+                        logit_weights)
 from training.data import build_train_dataset, load_run_data
 from training.gan import GanTrainer, synthesize, train_gan
 
@@ -136,3 +137,15 @@ def test_gan_config_is_checked():
         load_gan_config(overrides=["--train.epochs=3"])
     with pytest.raises(ConfigError, match="not one of"):
         load_gan_config(overrides=["--loss.adversarial=wgan"])
+
+
+def test_adversarial_losses_count_only_the_cells_that_hold_the_mask():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[:, :, 0:4, 0:4] = 1  # the top-left cell of a 4x4 logit grid
+    weight = logit_weights(mask, torch.zeros(1, 1, 4, 4))
+    assert weight.sum() == 1 and weight[0, 0, 0, 0] == 1
+    real, fake = torch.full((1, 1, 4, 4), -5.0), torch.full((1, 1, 4, 4), 5.0)
+    real[0, 0, 0, 0], fake[0, 0, 0, 0] = 1.0, -1.0  # the masked cell is perfectly told apart
+    assert float(discriminator_loss(real, fake, "hinge", weight)) == 0.0
+    assert float(discriminator_loss(real, fake, "lsgan", weight)) == 0.5
+    assert float(generator_adv_loss(fake, "hinge", weight)) == 1.0

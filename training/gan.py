@@ -38,7 +38,8 @@ from datasets.copy_paste import feather_alpha
 from datasets.gan_patches import DefectPatches
 from datasets.rle import rle_encode
 from datasets.severstal import write_mask_csv
-from models.gan import DefectGenerator, PatchDiscriminator, discriminator_loss, generator_adv_loss, masked_l1
+from models.gan import (DefectGenerator, PatchDiscriminator, discriminator_loss, generator_adv_loss, logit_weights,
+                        masked_l1)
 
 from .data import load_run_data
 
@@ -120,13 +121,14 @@ class GanTrainer:
         self.discriminator.train()
         with self.precision.autocast():
             fake = self.generator(image, mask, class_ids, noise)
-            d_loss = discriminator_loss(self.discriminator(image, mask, class_ids),
-                                        self.discriminator(fake.detach(), mask, class_ids), kind)
+            real_logits = self.discriminator(image, mask, class_ids)
+            weight = logit_weights(mask, real_logits)
+            d_loss = discriminator_loss(real_logits, self.discriminator(fake.detach(), mask, class_ids), kind, weight)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
         with self.precision.autocast():
-            adv = generator_adv_loss(self.discriminator(fake, mask, class_ids), kind)
+            adv = generator_adv_loss(self.discriminator(fake, mask, class_ids), kind, weight)
         l1_out = masked_l1(fake, image, 1 - mask)
         l1_in = masked_l1(fake, image, mask)
         g_loss = cfg.loss.adv_weight * adv + cfg.loss.l1_outside * l1_out + cfg.loss.l1_inside * l1_in
