@@ -48,8 +48,8 @@ import predict
 import train
 from core.checkpoint import load_checkpoint
 from core.cli import parse_with_overrides
-from core.gan_config import load_gan_config
 from core.files import atomic_write_text
+from core.gan_config import load_gan_config
 from core.precision import machine_summary
 from datasets.severstal import list_images, read_mask_table, table_to_rles
 from inference.scoring import score_csv

@@ -12,8 +12,7 @@ import torch
 from core.config import ConfigError, load_config
 from core.gan_config import load_gan_config
 from datasets.severstal import Annotations
-from models.gan import (DefectGenerator, PatchDiscriminator, discriminator_loss, erase, generator_adv_loss,
-                        logit_weights)
+from models.gan import DefectGenerator, PatchDiscriminator, discriminator_loss, erase, generator_adv_loss, logit_weights
 from training.data import build_train_dataset, load_run_data
 from training.gan import GanTrainer, synthesize, train_gan
 

@@ -38,8 +38,14 @@ from datasets.copy_paste import feather_alpha
 from datasets.gan_patches import DefectPatches
 from datasets.rle import rle_encode
 from datasets.severstal import write_mask_csv
-from models.gan import (DefectGenerator, PatchDiscriminator, discriminator_loss, generator_adv_loss, logit_weights,
-                        masked_l1)
+from models.gan import (
+    DefectGenerator,
+    PatchDiscriminator,
+    discriminator_loss,
+    generator_adv_loss,
+    logit_weights,
+    masked_l1,
+)
 
 from .data import load_run_data
 
