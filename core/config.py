@@ -58,6 +58,21 @@ class DataConfig:
     # Paths as given, not under root; only the images the csv names are added.
     pseudo_csv: str = ""
     pseudo_images: str = ""  # the folder of the images pseudo_csv names (e.g. test_images)
+    # extra training strips in the Severstal layout (train.csv, train_images/), e.g. GAN samples written by
+    # scripts/synthesize.py; added to training only, as pseudo-labels are ("" = none)
+    extra_root: str = ""
+
+
+@dataclass
+class CopyPasteConfig:
+    """Defect instances pasted from other training strips of the fold (datasets/copy_paste.py)."""
+
+    p: float = 0.0  # chance that a crop receives pastes; 0 = off
+    classes: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # the classes whose instances are pasted
+    max_pastes: int = 1  # 1..max_pastes instances per crop that receives any
+    blend: Literal["alpha", "poisson"] = "alpha"  # feathered alpha inside the mask, or cv2.seamlessClone
+    feather: int = 3  # alpha ramps to 1 over this many pixels inside the instance's edge; 0 = hard edge
+    min_area: int = 16  # smaller connected components are not pasted
 
 
 @dataclass
@@ -80,6 +95,7 @@ class AugmentConfig:
     shift_limit: float = 0.05  # fraction of the crop size
     scale_limit: float = 0.1
     rotate_limit: float = 5.0  # degrees
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)  # applied first, before the above
 
 
 @dataclass(slots=True)  # a misspelt attribute is an error, not a new field
@@ -401,7 +417,7 @@ def set_dotted(cfg: Config, dotted: str, value, source: str) -> None:
     others kept, while the field itself (``model.smp.arch_kwargs``) is replaced."""
     parts, node = dotted.split("."), cfg
     moved = None
-    if parts[0] == "model" and len(parts) > 1:
+    if parts[0] == "model" and len(parts) > 1 and isinstance(cfg.model, ModelConfig):
         moved = _moved_model_key(parts[1], cfg.model.name == "maskrcnn")
     if moved:  # a flat key of the older schema, e.g. a sweep's --model.arch_kwargs.upsampling=2
         warnings.warn(f"{source}: model.{parts[1]} is now model.{moved}", ConfigWarning, stacklevel=2)
@@ -485,6 +501,10 @@ def validate(cfg: Config) -> None:
         (cfg.model.classical.trials >= 1, "model.classical.trials", "must be >= 1"),
         (len(cfg.model.autoencoder.channels) >= 1, "model.autoencoder.channels", "needs at least one stage"),
         (cfg.model.autoencoder.error_scale > 0, "model.autoencoder.error_scale", "must be > 0"),
+        (0.0 <= cfg.augment.copy_paste.p <= 1.0, "augment.copy_paste.p", "must be in [0, 1]"),
+        (cfg.augment.copy_paste.max_pastes >= 1, "augment.copy_paste.max_pastes", "must be >= 1"),
+        (bool(cfg.augment.copy_paste.classes) and set(cfg.augment.copy_paste.classes) <= {1, 2, 3, 4},
+         "augment.copy_paste.classes", "must be a non-empty list of class ids 1..4"),
     ]
     checks.append((bool(cfg.model.teacher_checkpoint) == (cfg.loss.distill > 0), "loss.distill",
                    "> 0 and model.teacher_checkpoint go together (the weight of the teacher's term, and the teacher)"))

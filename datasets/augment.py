@@ -13,9 +13,13 @@ import cv2
 
 from core.config import AugmentConfig
 
+from .copy_paste import CopyPaste, InstancePool
 
-def build_train_transform(cfg: AugmentConfig) -> A.Compose:
-    """Flips, a small affine warp, brightness/contrast, gamma, Gaussian noise
+
+def build_train_transform(cfg: AugmentConfig, pool: InstancePool | None = None) -> A.Compose:
+    """Copy-paste of ``pool``'s instances first when ``cfg.copy_paste.p`` > 0
+    (datasets/copy_paste.py; ``pool`` holds the training fold's instances),
+    then flips, a small affine warp, brightness/contrast, gamma, Gaussian noise
     and a blur (Gaussian or motion), each applied with its probability in
     ``cfg`` (0 leaves it out).
 
@@ -25,7 +29,13 @@ def build_train_transform(cfg: AugmentConfig) -> A.Compose:
     least 3).
     """
     s = cfg.strength
-    transforms = [
+    transforms = []
+    if cfg.copy_paste.p > 0:
+        if pool is None:
+            raise ValueError("augment.copy_paste.p > 0 needs the pool of training instances to paste from")
+        paste = cfg.copy_paste
+        transforms.append(CopyPaste(pool, paste.max_pastes, paste.blend, paste.feather, p=paste.p))
+    transforms += [
         A.HorizontalFlip(p=cfg.hflip),
         A.VerticalFlip(p=cfg.vflip),
         _affine(cfg),

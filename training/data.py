@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker
 from core.config import Config, ConfigError
 from core.distributed import DistInfo
 from datasets.augment import build_train_transform
+from datasets.copy_paste import InstancePool
 from datasets.instance import SeverstalInstances
 from datasets.semantic import SeverstalSegmentation
 from datasets.severstal import AnnotationError, Annotations, csv_image_ids
@@ -30,10 +31,10 @@ from datasets.splits import fold_image_ids, load_or_make_folds, split_file_name
 @dataclass
 class RunData:
     annotations: Annotations  # data.root's images: the split covers exactly these
-    train_ids: list[str]  # the fold's training images, then the pseudo-labelled ones
+    train_ids: list[str]  # the fold's training images, then the pseudo-labelled and extra ones
     val_ids: list[str]
     split_file: Path
-    train_annotations: Annotations  # annotations plus the pseudo-labelled images
+    train_annotations: Annotations  # annotations plus the pseudo-labelled and extra images
 
 
 def load_run_data(cfg: Config, verbose: bool = False) -> RunData:
@@ -59,6 +60,10 @@ def load_run_data(cfg: Config, verbose: bool = False) -> RunData:
         pseudo = load_pseudo_labels(cfg, verbose)
         train_annotations = annotations.merge(pseudo)
         train_ids = list(train_ids) + pseudo.image_ids
+    if cfg.data.extra_root:
+        extra = load_extra_strips(cfg, verbose)
+        train_annotations = train_annotations.merge(extra)
+        train_ids = list(train_ids) + extra.image_ids
     return RunData(annotations, list(train_ids), list(val_ids), split_file, train_annotations)
 
 
@@ -81,6 +86,20 @@ def load_pseudo_labels(cfg: Config, verbose: bool = False) -> Annotations:
     return annotations.subset(named)
 
 
+def load_extra_strips(cfg: Config, verbose: bool = False) -> Annotations:
+    """Every image of ``data.extra_root`` (Severstal layout: its
+    data.train_csv and data.train_images, e.g. scripts/synthesize.py's
+    output) with its masks, for training only."""
+    root = Path(cfg.data.extra_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.extra_root={root} does not exist (e.g. write it with scripts/synthesize.py)")
+    shape = (cfg.data.image_height, cfg.data.image_width)
+    extra = Annotations.load(root / cfg.data.train_csv, root / cfg.data.train_images, shape, verbose=verbose)
+    if verbose:
+        print(f"{len(extra.image_ids)} extra strips from {root} added to training")
+    return extra
+
+
 def split_path(cfg: Config) -> Path:
     """The split file: data.split_file, else next to the data (where every
     experiment on that data reuses it), else in output_dir when the data
@@ -94,7 +113,11 @@ def split_path(cfg: Config) -> Path:
 
 def build_train_dataset(cfg: Config, data: RunData, target_kind: str):
     crop = (cfg.data.crop_height, cfg.data.crop_width) if cfg.data.crop_width else None
-    common = dict(crop=crop, crop_defect_prob=cfg.data.crop_defect_prob, transform=build_train_transform(cfg.augment))
+    if target_kind == "defect_free" and cfg.augment.copy_paste.p > 0:
+        raise ConfigError("augment.copy_paste.p > 0 pastes defects, but this model learns defect-free steel only "
+                          "(models/autoencoder.py): set augment.copy_paste.p=0")
+    transform = build_train_transform(cfg.augment, copy_paste_pool(cfg, data))
+    common = dict(crop=crop, crop_defect_prob=cfg.data.crop_defect_prob, transform=transform)
     if target_kind == "defect_free":  # an anomaly detector learns good steel only (models/autoencoder.py)
         good = [i for i in data.train_ids if not data.train_annotations.classes_present(i)]
         return SeverstalSegmentation(data.train_annotations, good, **common)
@@ -102,6 +125,17 @@ def build_train_dataset(cfg: Config, data: RunData, target_kind: str):
         return SeverstalInstances(data.train_annotations, data.train_ids, min_area=cfg.data.min_instance_area,
                                   **common)
     return SeverstalSegmentation(data.train_annotations, data.train_ids, **common)
+
+
+def copy_paste_pool(cfg: Config, data: RunData) -> InstancePool | None:
+    """The instances copy-paste draws from: those of the fold's training
+    strips of data.root (never validation, pseudo-labelled or extra ones);
+    None when augment.copy_paste.p is 0."""
+    paste = cfg.augment.copy_paste
+    if paste.p <= 0:
+        return None
+    own = set(data.annotations.image_ids) - set(data.val_ids)
+    return InstancePool(data.annotations, [i for i in data.train_ids if i in own], paste.classes, paste.min_area)
 
 
 def build_val_dataset(data: RunData) -> SeverstalSegmentation:
