@@ -60,8 +60,7 @@ from datasets.severstal import RERELEASED, list_images, write_mask_csv
 from models import load_model
 
 from .gradcam import cam_panel, grad_cam
-from .image_scores import (ANOMALY_DIR, ANOMALY_SCORES, IMAGE_SCORES, class_scores, write_anomaly_png,
-                           write_scores_csv)
+from .image_scores import ANOMALY_DIR, ANOMALY_SCORES, IMAGE_SCORES, class_scores, write_anomaly_png, write_scores_csv
 from .postprocess import PostProcess, probs_path, save_probs
 from .tiling import TTA_FLIPS, ModelFn, predict_full_frame, predict_tiled, tile_starts, with_tta
 from .visualize import maps_panel, overlay_panel, to_bgr_uint8, write_image
