@@ -364,8 +364,15 @@ def upgrade_model_section(data: dict, current_name: str, source: str) -> dict:
 
 def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     """Defaults, then ``base`` (e.g. a checkpoint's stored config), then the YAML
-    file at ``path``, then ``--section.key=value`` overrides."""
-    cfg = Config()
+    file at ``path``, then ``--section.key=value`` overrides; validated."""
+    cfg = fill_config(Config(), path, overrides, base)
+    validate(cfg)
+    return cfg
+
+
+def fill_config(cfg, path=None, overrides=(), base: dict | None = None):
+    """``cfg`` (a config dataclass holding its defaults) updated from ``base``,
+    then the YAML file at ``path``, then the overrides; not validated."""
     if base:
         apply_dict(cfg, base, source=STORED)
     if path:
@@ -377,7 +384,6 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         apply_dict(cfg, data, source=str(path))
     apply_overrides(cfg, overrides)
-    validate(cfg)
     return cfg
 
 

@@ -10,12 +10,11 @@ of the same split, never from its validation strips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from .config import STORED, ConfigError, DataConfig, WandbConfig, apply_dict, apply_overrides, to_dict
+from .config import ConfigError, DataConfig, WandbConfig, fill_config, to_dict
 from .files import atomic_write_text
 
 
@@ -66,18 +65,7 @@ class GanConfig:
 def load_gan_config(path=None, overrides=(), base: dict | None = None) -> GanConfig:
     """Defaults, then ``base`` (a checkpoint's stored config), then the YAML
     at ``path``, then ``--section.key=value`` overrides; validated."""
-    cfg = GanConfig()
-    if base:
-        apply_dict(cfg, base, source=STORED)
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        apply_dict(cfg, data, source=str(path))
-    apply_overrides(cfg, overrides)
+    cfg = fill_config(GanConfig(), path, overrides, base)
     validate_gan(cfg)
     return cfg
 

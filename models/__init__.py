@@ -13,8 +13,8 @@ import copy
 import torch
 from torch import nn
 
-from core.checkpoint import load_checkpoint
-from core.config import Config, ConfigError, load_config
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import Config, ConfigError, load_config, to_dict
 
 from .autoencoder import build_autoencoder
 from .classical import build_classical
@@ -56,6 +56,14 @@ def load_model(path, device="cpu") -> tuple[nn.Module, Config]:
     model = build_model(cfg)
     model.load_state_dict(model_weights(ckpt))
     return model.to(device).eval(), cfg
+
+
+def save_random_checkpoint(cfg: Config, path, seed: int = 0):
+    """A checkpoint of ``cfg``'s model with seeded random weights at ``path``
+    (benchmarks time a model's shape, not its training); ``path``."""
+    torch.manual_seed(seed)
+    save_checkpoint({"model": build_model(cfg).state_dict(), "ema": None, "config": to_dict(cfg)}, path)
+    return path
 
 
 def _no_download(cfg: Config) -> None:

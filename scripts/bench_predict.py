@@ -43,13 +43,12 @@ from pathlib import Path
 import torch
 
 import predict
-from core.checkpoint import save_checkpoint
 from core.cli import CONFIGS
-from core.config import load_config, to_dict
+from core.config import load_config
 from core.precision import machine_summary
 from datasets.synthetic import make_dataset
 from inference.tiling import predict_full_frame, predict_tiled
-from models import build_model
+from models import save_random_checkpoint
 from workflows.ray_predict import import_ray, ray_config
 
 TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
@@ -194,11 +193,8 @@ def print_table(t_unet: dict, t_point: dict, rss: dict) -> None:
 
 
 def demo_checkpoint(folder: Path) -> Path:
-    cfg = load_config(CONFIGS / "demo_cpu.yaml")
-    torch.manual_seed(0)
-    path = folder / "demo_random.pt"
-    save_checkpoint({"model": build_model(cfg).state_dict(), "ema": None, "config": to_dict(cfg)}, path)
-    return path
+    """configs/demo_cpu.yaml's model with seeded random weights."""
+    return save_random_checkpoint(load_config(CONFIGS / "demo_cpu.yaml"), folder / "demo_random.pt")
 
 
 def one_actor_per_core() -> list[str]:

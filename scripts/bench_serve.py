@@ -29,15 +29,13 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
 
-from core.checkpoint import save_checkpoint
 from core.cli import CONFIGS
-from core.config import load_config, to_dict
+from core.config import load_config
 from core.precision import machine_summary
 from datasets.io import decode_image
 from datasets.synthetic import encode_jpeg, generate_image, image_rng
-from models import build_model
+from models import save_random_checkpoint
 from serve import build_inspector
 from serve import parse_args as serve_args
 from serving.inspector import Request
@@ -57,11 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def demo_checkpoint(folder: Path) -> Path:
-    cfg = load_config(CONFIGS / "demo_cpu.yaml")
-    torch.manual_seed(0)
-    path = folder / "demo_random.pt"
-    save_checkpoint({"model": build_model(cfg).state_dict(), "ema": None, "config": to_dict(cfg)}, path)
-    return path
+    """configs/demo_cpu.yaml's model with seeded random weights."""
+    return save_random_checkpoint(load_config(CONFIGS / "demo_cpu.yaml"), folder / "demo_random.pt")
 
 
 def strips(n: int) -> list[bytes]:
