@@ -62,6 +62,9 @@ class OnnxPredictor(Predictor):
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.models = [self.session]
         self.class_models = [self.session] if CLASS_INPUT in self.inputs else []
+        # only smp segmentation models export (inference/onnx_export.py): no anomaly
+        # maps, no classical pipeline's intermediate maps to draw
+        self.anomaly, self.explained = False, None
         provider = self.session.get_providers()[0]
         self.precision = Precision("off", cfg.amp, f"ONNX Runtime {ort.__version__}, {provider}: the graph's own "
                                    "precision (predict.amp does not apply)", str(self.device))
