@@ -22,8 +22,8 @@ that setting's training strips only) and synthesises ``--gan-per-class``
 strips once; every seed of the gan cells uses them.
 
 The reduced recipe: the demo config (configs/demo_cpu.yaml) with REDUCED on
-top: 4 epochs of 40 steps (1,280 crops of 256x128 instead of the demo's 7
-full epochs), validation on 80 strips of fold 0, W&B off. ``--section.key=value``
+top: 4 epochs of 25 steps (800 crops of 256x128 instead of the demo's 7
+full epochs), validation on 40 strips of fold 0, W&B off. ``--section.key=value``
 arguments are added to every training.
 
 Resumable: a cell with a result.json is skipped, a killed training continues
