@@ -262,8 +262,8 @@ def predict_with_ray(checkpoints: Sequence, images, out_dir, overrides: Sequence
     ``out_dir`` on Ray: the files of the plain run (masks, submission,
     skipped.txt), settings from the first checkpoint with ``overrides``
     (``--predict.*``, ``--postprocess.*``, ``--ray.*``) on top."""
+    cfg = ray_config(overrides)  # a bad --ray.* setting is named before Ray is even needed
     ray = import_ray()
-    cfg = ray_config(overrides)
     out_dir, journal_dir = Path(out_dir), Path(out_dir) / JOURNAL_DIR
     sources = image_sources(str(images))
     checkpoints = [str(Path(c).resolve()) for c in checkpoints]
