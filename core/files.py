@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from contextlib import contextmanager
@@ -28,3 +29,19 @@ def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
     with atomic_path(path) as tmp, open(tmp, "x") as f:
         f.write(text)
+
+
+def claim_folder(folder, settings: dict, owner: str, name: str = "settings.json") -> None:
+    """Record ``settings`` (plain JSON data) in ``folder / name``, or check they
+    are those recorded: a study's folder holds the files of one set of
+    settings, never a mix of two. ``owner`` (a script's name) leads the error."""
+    folder = Path(folder)
+    path = folder / name
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored != settings:
+            raise SystemExit(f"{owner}: {folder} was made with {stored}, not {settings}: "
+                             "choose another --out or delete it")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")

@@ -48,7 +48,7 @@ import predict
 import train
 from core.checkpoint import load_checkpoint
 from core.cli import parse_with_overrides
-from core.files import atomic_write_text
+from core.files import atomic_write_text, claim_folder
 from core.gan_config import load_gan_config
 from core.precision import machine_summary
 from datasets.severstal import list_images, read_mask_table, table_to_rles
@@ -104,15 +104,7 @@ def study_settings(args, overrides) -> dict:
 
 def claim(out: Path, settings: dict) -> None:
     """Record the study's settings in ``out``, or check they are those recorded."""
-    path = out / "settings.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored != settings:
-            raise SystemExit(f"ablate_augment.py: {out} was made with {stored}, not {settings}: "
-                             "choose another --out or delete it")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+    claim_folder(out, settings, "ablate_augment.py")
 
 
 # ---------------------------------------------------------------- data of a setting

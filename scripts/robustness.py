@@ -29,6 +29,7 @@ from pathlib import Path
 
 import predict
 import train
+from core import files
 from core.cli import CONFIGS, parse_with_overrides
 from core.files import atomic_write_text
 from datasets.severstal import list_images
@@ -68,17 +69,8 @@ def study_settings(args: argparse.Namespace, overrides: list[str]) -> dict:
 
 
 def claim_folder(folder: Path, settings: dict) -> None:
-    """Record ``settings`` in ``folder``, or check they are those recorded:
-    a style folder holds one study's files, never a mix of two."""
-    path = folder / SETTINGS
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored != settings:
-            raise SystemExit(f"robustness.py: {folder} was made with {stored}, not {settings}: "
-                             "choose another --out or delete it")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+    """A style folder holds one study's files, never a mix of two (core.files.claim_folder)."""
+    files.claim_folder(folder, settings, "robustness.py", SETTINGS)
 
 
 def held_out_score(pred_dir: Path, data: Path) -> dict:
