@@ -19,8 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+# isort: off
+# This project's `models` package first: importing onnxruntime.quantization appends
+# onnxruntime/transformers to the import path, and its `models` folder would otherwise
+# shadow ours for every later `import models` (scripts/quantize.py failed on exactly that).
+import models  # noqa: F401
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
+# isort: on
 
 from core.config import load_config
 from core.files import atomic_path

@@ -36,7 +36,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strips", type=int, default=16, help="training strips to calibrate on")
     parser.add_argument("--images", type=Path, help="held-out images to score both files on")
     parser.add_argument("--truth", type=Path, help="their truth csv")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"ONNX file not found: {args.model} (make one with scripts/export.py)")
+    if not args.calibrate.is_dir():
+        parser.error(f"--calibrate {args.calibrate}: not a folder (the data root whose training images calibrate)")
+    if (args.images is None) != (args.truth is None):
+        parser.error("--images and --truth go together (the held-out strips and their truth csv)")
+    return args
 
 
 def held_out_score(model: Path, images: Path, truth: Path, out: Path) -> dict:
@@ -47,8 +54,6 @@ def held_out_score(model: Path, images: Path, truth: Path, out: Path) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if (args.images is None) != (args.truth is None):
-        raise SystemExit("quantize.py: --images and --truth go together")
     quantize_file(args.model, args.out, args.calibrate, args.strips)
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB; {args.model} is "
           f"{args.model.stat().st_size / 2**20:.1f} MiB)")

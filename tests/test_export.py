@@ -315,3 +315,23 @@ def test_quantize_writes_a_self_contained_int8_file_and_scores_it(exported, tiny
     tiles = torch.rand(2, 3, 256, 256).numpy()
     probs, _ = session.run(None, {"images": tiles, "class_images": tiles})
     assert probs.shape == (2, 4, 256, 256) and 0 <= probs.min() and probs.max() <= 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "ONNX file not found"),
+    (["--images", "x"], "--images and --truth go together"),
+])
+def test_quantize_script_run_as_a_user_runs_it_names_bad_input(tmp_path, extra, message):
+    """scripts/quantize.py as its own process (the path without the repository
+    root, where onnxruntime.quantization's `models` folder once shadowed ours)."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.onnx"
+    if extra:
+        model.write_bytes(b"")
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts/quantize.py"),
+                             str(model), "--calibrate", str(tmp_path), "--out", str(tmp_path / "q.onnx"), *extra],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "q.onnx").exists()
