@@ -108,7 +108,7 @@ def create_app(inspector: Inspector, api_keys: frozenset[str], limits: Limits = 
     @app.get("/v1/model", dependencies=[Depends(authorised)])
     async def model():
         return {"checkpoints": [str(c) for c in inspector.checkpoints], "sha256": inspector.sha256,
-                "predict": vars(inspector.predictor.cfg), "precision": inspector.predictor.precision.to_dict(),
+                "device": str(inspector.predictor.device), "predict": vars(inspector.predictor.cfg), "precision": inspector.predictor.precision.to_dict(),
                 "postprocess": vars(inspector.postprocess), "postprocess_origin": inspector.postprocess_origin,
                 "limits": vars(limits)}
 

@@ -238,7 +238,8 @@ def test_model_description(server):
     base, checkpoint = server
     model = httpx.get(f"{base}/v1/model", headers={"X-API-Key": KEY}).json()
     assert model["checkpoints"] == [str(checkpoint)] and model["precision"]["amp"] == "off"
-    assert model["postprocess_origin"] == "the config's defaults" and model["limits"]["max_bytes"] == 2_000_000
+    assert model["device"] == "cpu" and model["postprocess_origin"] == "the config's defaults"
+    assert model["limits"]["max_bytes"] == 2_000_000
 
 
 def test_refuses_to_start_without_keys(tmp_path):
