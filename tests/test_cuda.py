@@ -115,3 +115,22 @@ def test_cuda_prediction_matches_the_cpu_within_its_precision(monkeypatch, amp, 
     assert gpu.device.type == "cpu" and gpu.dtype == torch.float32 and gpu.shape == cpu.shape == (1, 4, 256, 512)
     difference = (gpu - cpu).abs()
     assert difference.max() < max_error and difference.mean() < mean_error, (difference.max(), difference.mean())
+
+
+def test_rng_state_loaded_onto_the_gpu_restores_every_generator(tmp_path):
+    """A resume on CUDA loads the checkpoint with map_location=cuda, which moves the saved RNG states to the GPU."""
+    import random
+
+    import numpy as np
+
+    from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    def draws():
+        return (random.random(), float(np.random.rand()), float(torch.rand(1)), float(torch.rand(1, device=CUDA)))
+
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = draws()
+    state = load_checkpoint(tmp_path / "rng.pt", map_location=CUDA)["rng"]
+    assert state["torch"].device.type == "cuda"
+    set_rng_state(state)
+    assert draws() == expected

@@ -56,7 +56,7 @@ def test_smoke_run_writes_checkpoints_config_metrics(tiny_data, tmp_path, monkey
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     expected = resolve_amp("auto", "cpu").amp
     out = tmp_path / "run"
-    record = train.main(tiny_args(tiny_data, out, f"--train.val_every={val_every}"))
+    record = train.main(tiny_args(tiny_data, out, f"--train.val_every={val_every}", "--train.device=cpu"))
     assert {"last.pt", "best.pt", "config.yaml", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4
@@ -418,3 +418,17 @@ def test_bench_maskrcnn_times_the_trainers_step(tiny_data, monkeypatch, capsys):
             + [(amp, 1, (1, 3, 256, 128), 64)] * 3)
     out = capsys.readouterr().out
     assert "native bf16" in out and "speed-up" in out and out.count("x\n") == 3
+
+
+def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    import random
+
+    from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = draws()
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert draws() == expected
