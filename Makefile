@@ -9,7 +9,7 @@ PRED ?= outputs/demo
 # train.amp and predict.amp of the demo: auto | off | bf16 (core/precision.py); `make demo AMP=off` forces float32
 AMP ?= auto
 
-.PHONY: demo baselines test test-slow test-all venv bench serve clean
+.PHONY: demo baselines test test-slow test-all test-cuda venv bench serve clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
+
+# the CUDA-only paths (fp16 GradScaler, bf16 on the GPU, channels_last, the scripts on cuda, NCCL with two GPUs)
+test-cuda: $(STAMP)
+	$(PY) -m pytest -q -rs -m cuda
 
 # synthetic data -> sanity-check the scorer -> train fold 0 and tune post-processing
 # on its validation images -> predict the held-out test strips -> score -> pictures -> the leaderboard

@@ -268,7 +268,7 @@ def test_wandb_config_records_the_resolved_precision(tiny_data, tmp_path, monkey
 
     monkeypatch.setattr(logger_module, "_init_wandb", fake_init)
     train.main(tiny_args(tiny_data, tmp_path / "run", "--wandb.mode=offline", "--train.epochs=1",
-                         "--train.max_steps_per_epoch=1", "--train.n_overlays=0"))
+                         "--train.max_steps_per_epoch=1", "--train.n_overlays=0", "--train.device=cpu"))
     resolved = resolve_amp("auto", "cpu")
     [run] = runs
     assert run.config["train"]["amp"] == resolved.amp and run.config["precision"]["requested"] == "auto"
