@@ -2,9 +2,9 @@
 
     nice -n 10 python scripts/ablate_augment.py --out runs/ablate_augment \\
         [--data data/synthetic --heldout HELD] [--seeds 0,1,2] [--settings low,full] \\
-        [--variants none,copy_paste,gan,both] [--low-class2 5] [--section.key=value ...]
+        [--variants none,copy_paste,gan,both] [--low-class2 5] [--recipe demo|reduced] [--section.key=value ...]
 
-A *cell* is (setting, variant, seed): the reduced recipe below trained on
+A *cell* is (setting, variant, seed): the recipe (``--recipe``) trained on
 fold 0 of ``--data`` with ``train.seed`` = seed, then predicted (predict.py,
 the checkpoint's own post-processing, tuned on its validation strips) on the
 held-out strips ``HELD/test_images`` and scored against ``HELD/test_truth.csv``
@@ -21,10 +21,11 @@ setting trains its own GAN (configs/gan_demo_cpu.yaml, classes 1 and 2, on
 that setting's training strips only) and synthesises ``--gan-per-class``
 strips once; every seed of the gan cells uses them.
 
-The reduced recipe: the demo config (configs/demo_cpu.yaml) with REDUCED on
-top: 4 epochs of 25 steps (800 crops of 256x128 instead of the demo's 7
-full epochs), validation on 40 strips of fold 0, W&B off. ``--section.key=value``
-arguments are added to every training.
+Recipes (``--config``, configs/demo_cpu.yaml by default, then these flags):
+``demo``, the default, is the config as ``make demo`` trains it (7 full epochs,
+validation on all of fold 0), W&B off; ``reduced`` is a quick look: 4 epochs of
+25 steps (800 crops of 256x128), validation on 40 strips of fold 0.
+``--section.key=value`` arguments are added to every training, last.
 
 Resumable: a cell with a result.json is skipped, a killed training continues
 from its last.pt, prediction keeps the strips it finished, the GAN resumes
@@ -56,8 +57,9 @@ from inference.scoring import score_csv
 from training.gan import LAST, synthesize, train_gan
 
 REPO = Path(__file__).resolve().parents[1]
-REDUCED = ["--train.epochs=4", "--train.max_steps_per_epoch=25", "--train.val_every=4",
-           "--data.max_val_images=40", "--wandb.mode=disabled"]
+RECIPES = {"demo": ["--wandb.mode=disabled"],
+           "reduced": ["--train.epochs=4", "--train.max_steps_per_epoch=25", "--train.val_every=4",
+                       "--data.max_val_images=40", "--wandb.mode=disabled"]}
 COPY_PASTE = ["--augment.copy_paste.p=0.5", "--augment.copy_paste.classes=[1,2]",
               "--augment.copy_paste.max_pastes=2", "--augment.copy_paste.blend=alpha"]
 GAN_FLAGS = ["--train.classes=[1,2]", "--wandb.mode=disabled"]
@@ -85,6 +87,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--low-class2", type=int, default=5, help="class-2 training strips kept in the low setting")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="demo", help="demo (default): the config as "
+                        "make demo trains it; reduced: 4 x 25 steps, 40 validation strips")
     args, overrides = parse_with_overrides(parser, argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.settings = [s for s in args.settings.split(",") if s.strip()]
@@ -99,7 +103,7 @@ def study_settings(args, overrides) -> dict:
     return {"data": str(args.data), "heldout": str(args.heldout), "heldout_others": args.heldout_others,
             "config": str(args.config),
             "gan_config": str(args.gan_config), "gan_per_class": args.gan_per_class, "gan_steps": args.gan_steps, "low_class2": args.low_class2,
-            "reduced": REDUCED, "copy_paste": COPY_PASTE, "gan_flags": GAN_FLAGS, "overrides": list(overrides)}
+            "recipe": args.recipe, "recipe_flags": RECIPES[args.recipe], "copy_paste": COPY_PASTE, "gan_flags": GAN_FLAGS, "overrides": list(overrides)}
 
 
 def claim(out: Path, settings: dict) -> None:
@@ -186,7 +190,7 @@ def any_defect_rates(pred_csv: Path, truth_csv: Path, image_ids: list[str]) -> d
 def run_cell(setting: str, variant: str, seed: int, args, overrides) -> dict:
     root, split = setting_data(setting, args)
     cell = args.out / setting / variant / f"seed{seed}"
-    flags = ["--config", str(args.config), *REDUCED, f"--data.root={root}", f"--data.split_file={split}",
+    flags = ["--config", str(args.config), *RECIPES[args.recipe], f"--data.root={root}", f"--data.split_file={split}",
              "--data.fold=0", f"--train.seed={seed}", f"--output_dir={cell / 'run'}"]
     if variant in ("copy_paste", "both"):
         flags += COPY_PASTE
