@@ -233,6 +233,10 @@ class TrainConfig:
     # predict.py then applies by default); "threshold" = the score at val_threshold, which early in training
     # mostly counts false positives
     select: Literal["tuned", "threshold"] = "tuned"
+    # how validation infers: "predict" = as predict.py does (predict.tile/stride/blend, TTA, predict.amp), so the
+    # post-processing tuned on it fits what predict.py then sees; "whole" = one pass over each whole strip in
+    # train.amp (about half the cost with a classification head; its tuned thresholds fit predict.py less well)
+    val_inference: Literal["predict", "whole"] = "predict"
     n_overlays: int = 4  # validation overlays logged per epoch
 
 

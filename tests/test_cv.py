@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 import train
-from core.checkpoint import save_checkpoint
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import load_config, to_dict
 from core.distributed import DistInfo
 from datasets.io import read_image, to_tensor
 from datasets.rle import rle_encode
 from datasets.severstal import RERELEASED, write_mask_csv
 from inference.metrics import per_class_table
-from inference.postprocess import load_probs
+from inference.postprocess import PostProcess, load_probs
 from inference.predictor import Predictor
 from models import build_model
 from workflows import cross_validation
@@ -208,7 +208,7 @@ def test_out_of_fold_on_cuda_matches_the_cpu(small_data, tmp_path, fake_folds):
 # destroys it), which gloo does not do reliably today: "connection refused" at random.
 TORCHRUN_DRIVER = """
 import sys
-from core.checkpoint import save_checkpoint
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import load_config, to_dict
 from core.distributed import cleanup, init_distributed
 from workflows.cross_validation import predict_out_of_fold
@@ -241,3 +241,18 @@ def test_torchrun_shards_out_of_fold_and_matches_one_process(small_data, tmp_pat
         (probs, class_probs), (sharded, sharded_class) = load_probs(path), load_probs(tmp_path / "sharded" / path.name)
         np.testing.assert_allclose(sharded, probs, atol=1e-3)
         np.testing.assert_allclose(sharded_class, class_probs, atol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_checkpoint_post_processing_is_what_cross_validation_tunes_for_its_fold(tiny_data, tmp_path):
+    """Validation infers as predict.py does (train.val_inference=predict), so
+    the settings the checkpoint carries (the direct path) are those cv.py tunes
+    on the same fold's out-of-fold probabilities (the README path)."""
+    overrides = [f"--data.root={tiny_data}", f"--data.split_file={tmp_path / 'split.csv'}", "--data.num_workers=0",
+                 "--data.batch_size=4", "--data.val_batch_size=2", "--model.smp.encoder=resnet18",
+                 "--data.crop_width=128", "--data.crop_height=128", "--train.epochs=2", "--train.max_steps_per_epoch=2",
+                 "--wandb.mode=disabled", "--predict.num_workers=0"]
+    run_cv(train.main, REPO / "configs/demo_cpu.yaml", overrides, tmp_path / "cv", folds=[0])
+    carried = PostProcess(**load_checkpoint(tmp_path / "cv" / "fold0" / "best.pt")["tuned"]["postprocess"])
+    tuned = PostProcess.from_json(tmp_path / "cv" / "postprocess.json")
+    assert carried == tuned

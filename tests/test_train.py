@@ -133,27 +133,38 @@ def test_fp16_on_cpu_is_refused(tiny_data, tmp_path):
 
 def single_process_score(checkpoint, root, val_ids, amp="off", batch_size=1, postprocess=None):
     """Score a checkpoint's weights on whole strips, one process, no loader,
-    ``batch_size`` strips per forward in ``amp`` (bf16 kernels round
+    ``batch_size`` strips per call in ``amp`` (bf16 kernels round
     differently for other batch shapes: compare bf16 scores at the batch
-    size that made them); at the config's threshold, or with ``postprocess``
-    (a PostProcess, fed the class probabilities when the model has a head)."""
+    size that made them), inferred as the config's ``train.val_inference``
+    says (predict.py's Predictor, or one pass per strip); at the config's
+    threshold, or with ``postprocess`` (a PostProcess, fed the class
+    probabilities when the model has a head)."""
+    from dataclasses import replace
+
     from datasets.semantic import SeverstalSegmentation
     from datasets.severstal import Annotations
+    from inference.predictor import Predictor
 
     model, cfg = load_model(checkpoint)
     ann = Annotations.load(Path(root) / "train.csv", Path(root) / "train_images")
     dataset = SeverstalSegmentation(ann, val_ids, crop=None)
+    predictor = (Predictor([model], replace(cfg.predict, amp=amp, channels_last=cfg.train.channels_last))
+                 if cfg.train.val_inference == "predict" else None)
     counts = []
     with torch.inference_mode(), resolve_amp(amp, "cpu").autocast():
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             images, targets = dataset.collate_fn(items)
-            probs = model(images).float()
+            if predictor is not None:
+                probs, class_probs = predictor.predict_probs(images)
+            else:
+                probs = model(images).float()
+                class_probs = model.class_probs(images).float() if has_class_head(model) else None
             truth = targets["masks"] > 0.5
             if postprocess is None:
                 counts.append(pair_counts(probs > cfg.train.val_threshold, truth))
                 continue
-            class_probs = model.class_probs(images).float() if has_class_head(model) else [None] * len(probs)
+            class_probs = [None] * len(probs) if class_probs is None else class_probs
             counts += [pair_counts(postprocess(p, c), t) for p, c, t in zip(probs, class_probs, truth)]
 
     return kaggle_score(dice_from_counts(np.concatenate(counts)))["score"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import reduce
 from itertools import islice
 from pathlib import Path
@@ -29,7 +29,7 @@ from core.precision import Precision, resolve_amp
 from core.progress import progress
 from inference.metrics import dice_from_counts, empty_baseline, kaggle_score, pair_counts
 from inference.postprocess import PostProcess, Tuner, TuneResult
-from inference.predictor import has_class_head
+from inference.predictor import Predictor, has_class_head
 from inference.visualize import overlay_panel, to_bgr_uint8
 
 from .data import train_loader, val_loader
@@ -225,13 +225,17 @@ class Trainer:
         model = self.eval_model
         broadcast_module_state(model)  # every rank scores exactly the weights rank 0 saves
         model.eval()
+        predictor = self._val_predictor(model)
         ids, counts, overlays = [], [], {}
         threshold = self.cfg.train.val_threshold
         tuner = Tuner(base=PostProcess(threshold=[threshold] * NUM_CLASSES))
         for images, targets in progress(val_loader(self.val_set, self.cfg, self.dist), self.dist.is_main, desc="val"):
             images = images.to(self.device)
-            with self.autocast():
-                probs, class_probs = eval_outputs(model, images)
+            if predictor is not None:
+                probs, class_probs = predictor.predict_probs(images)
+            else:
+                with self.autocast():
+                    probs, class_probs = eval_outputs(model, images)
             truth = targets["masks"] > 0.5
             pred = probs > threshold
             counts.append(pair_counts(pred, truth))
@@ -245,6 +249,14 @@ class Trainer:
         self.tuned = reduce(Tuner.merge, gather_objects(tuner)).result()
         metrics["tuned"] = {**self.tuned.after, "postprocess": asdict(self.tuned.postprocess)}
         return metrics, overlays
+
+    def _val_predictor(self, model: nn.Module) -> Predictor | None:
+        """With ``train.val_inference=predict``, predict.py's inference of the
+        model (tiles, TTA, ``predict.amp``), in the training's memory format;
+        None for one whole-strip pass."""
+        if self.cfg.train.val_inference != "predict":
+            return None
+        return Predictor([model], replace(self.cfg.predict, channels_last=self.cfg.train.channels_last), self.device)
 
     def _score(self, ids: list[str], counts: list[np.ndarray]) -> dict:
         local = dict(zip(ids, np.concatenate(counts) if counts else []))
