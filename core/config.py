@@ -161,6 +161,11 @@ class AutoencoderConfig:
     ssim: float = 1.0  # and 1 - SSIM (11 px Gaussian window)
     error_sigma: float = 4.0  # px, Gaussian smoothing of the absolute error (the anomaly map)
     error_scale: float = 0.05  # the map is 1 - exp(-error / error_scale): in [0, 1], error in intensity units
+    # the strip's anomaly score (models/anomaly_score.py): the mean of the score_k highest map values on the
+    # steel, score_margin px away from the off-strip frame; chosen on the validation fold (docs/EXPERIMENTS.md 17)
+    image_score: Literal["max", "max_on_strip", "top_mean", "excess"] = "top_mean"
+    score_margin: int = 32
+    score_k: int = 500
 
 
 @dataclass(slots=True)  # a misspelt attribute is an error, not a new field

@@ -6,7 +6,9 @@ the submission and read by scripts/evaluate.py and scripts/leaderboard.py.
   classification head, else the maximum pixel probability of that class;
   ``score`` (any defect) is their maximum. Higher = more likely defective.
 - ``anomaly_scores.csv`` (anomaly models only): ``ImageId,score``, the
-  maximum of the strip's anomaly map, higher = more anomalous.
+  model's image-level statistic of the strip's anomaly map
+  (``model.autoencoder.image_score``, models/anomaly_score.py; the maximum
+  for a model without one), higher = more anomalous.
 - ``anomaly/<stem>.png``: the anomaly map, uint16 (0..65535 for [0, 1]).
 """
 

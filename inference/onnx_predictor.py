@@ -64,7 +64,7 @@ class OnnxPredictor(Predictor):
         self.class_models = [self.session] if CLASS_INPUT in self.inputs else []
         # only smp segmentation models export (inference/onnx_export.py): no anomaly
         # maps, no classical pipeline's intermediate maps to draw
-        self.anomaly, self.explained = False, None
+        self.anomaly, self.anomaly_score, self.explained = False, None, None
         provider = self.session.get_providers()[0]
         self.precision = Precision("off", cfg.amp, f"ONNX Runtime {ort.__version__}, {provider}: the graph's own "
                                    "precision (predict.amp does not apply)", str(self.device))

@@ -108,6 +108,8 @@ class Predictor:
         self.precision = resolve_amp(cfg.amp, self.device, key="predict.amp")
         self.autocast = self.precision.autocast
         self.anomaly = all(getattr(m, "anomaly_map", False) for m in self.models)  # probs are anomaly maps
+        # the strip's anomaly score from its map and grey image: the first model's statistic
+        self.anomaly_score = getattr(self.models[0], "image_score", None) if self.anomaly else None
         self.explained = next((m for m in self.models if hasattr(m, "intermediate_maps")), None)
 
     @property
@@ -272,9 +274,13 @@ class ResultWriter:
     a record means every file of that image is complete."""
 
     def __init__(self, out_dir, postprocess: PostProcess, journal: Journal,
-                 save_probs: bool = False, overlays: bool = False, gradcam: bool = False, anomaly: bool = False):
+                 save_probs: bool = False, overlays: bool = False, gradcam: bool = False, anomaly: bool = False,
+                 anomaly_score=None):
+        """``anomaly``: probs are anomaly maps; ``anomaly_score(map, grey) ->
+        float`` scores a strip (None: the map's maximum)."""
         self.out_dir, self.postprocess, self.journal = Path(out_dir), postprocess, journal
         self.save_probs, self.overlays, self.gradcam, self.anomaly = save_probs, overlays, gradcam, anomaly
+        self.anomaly_score = anomaly_score
 
     def write(self, name: str, image: torch.Tensor, probs: torch.Tensor, class_probs: torch.Tensor | None,
               cams: torch.Tensor | None = None, maps: dict[str, np.ndarray] | None = None) -> None:
@@ -298,8 +304,13 @@ class ResultWriter:
         record = {"image": name, "rles": [rle_encode(m) for m in masks], "shape": list(masks.shape[1:]),
                   "scores": class_scores(probs, class_probs)}
         if self.anomaly:
-            write_anomaly_png(self.out_dir / ANOMALY_DIR / f"{stem}.png", probs[0].numpy())
-            record["anomaly_score"] = round(float(probs[0].max()), 6)
+            anomaly = probs[0].numpy()
+            write_anomaly_png(self.out_dir / ANOMALY_DIR / f"{stem}.png", anomaly)
+            if self.anomaly_score is None:
+                score = float(anomaly.max())
+            else:
+                score = self.anomaly_score(anomaly, image.mean(0).numpy() * 255)
+            record["anomaly_score"] = round(score, 6)
         self.journal.append(record)
 
     def skip(self, name: str, error: Exception) -> None:
@@ -354,7 +365,8 @@ def predict_folder(predictor: Predictor, postprocess: PostProcess, image_dir, ou
         raise ConfigError("--gradcam needs a model with a classification head (model.smp.classification_head)")
     todo = broadcast_object(todo_images(names, journal_dir, resume) if dist_info.is_main else None)
     with Journal(journal_dir / f"rank{dist_info.rank}.jsonl") as journal:
-        writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam, predictor.anomaly)
+        writer = ResultWriter(out_dir, postprocess, journal, save_probs, overlays, gradcam, predictor.anomaly,
+                              predictor.anomaly_score)
         n_predicted = _predict_images(predictor, ImageFolder(image_dir, shard(todo, dist_info)), writer,
                                       dist_info.is_main)
     n_predicted = sum(gather_objects(n_predicted))  # a collective: past it, every rank's journal is closed

@@ -14,7 +14,10 @@ the per-pixel absolute reconstruction error, smoothed by a Gaussian of
   validation score and post-processing apply as to any model. H and W must
   be multiples of 2 ** len(channels) (tiles of 256 and 1600x256 strips are).
 - ``anomaly_map = True`` tells predict.py to write the map as a 16-bit PNG
-  and the image-level anomaly score (the map's maximum) per strip.
+  and the image-level anomaly score per strip, ``image_score(map, grey)``
+  (``model.autoencoder.image_score``: by default the mean of the 500 highest
+  values on the steel, 32 px from the off-strip frame, whose edge is the
+  largest error on good strips).
 
 The network sees the grey strip (the mean of the three channels).
 """
@@ -23,12 +26,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.classes import NUM_CLASSES
 from core.config import AutoencoderConfig, Config
+
+from .anomaly_score import image_score
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -85,6 +91,11 @@ class ConvAutoencoder(nn.Module):
             c_in = c
         self.decoder = nn.Sequential(*up, nn.Conv2d(c_in, 1, 3, 1, 1), nn.Sigmoid())
         self.register_buffer("error_kernel", gaussian_kernel(cfg.error_sigma), persistent=False)
+
+    def image_score(self, anomaly: np.ndarray, grey: np.ndarray) -> float:
+        """A strip's anomaly score from its map (float [H, W]) and grey image (0..255)."""
+        c = self.cfg
+        return image_score(anomaly, grey, c.image_score, margin=c.score_margin, k=c.score_k)
 
     def reconstruct(self, grey: torch.Tensor) -> torch.Tensor:
         """grey float [B, 1, H, W] in [0, 1] -> its reconstruction, float32, same shape."""

@@ -1,6 +1,6 @@
 """Which image-level statistic of an anomaly map tells a defective strip
 from a good one best: any-defect ROC AUC of each candidate
-(inference/anomaly_score.py) on strips an anomaly model predicted.
+(models/anomaly_score.py) on strips an anomaly model predicted.
 
     python predict.py --checkpoint runs/autoencoder/best.pt --images VAL_IMAGES --out outputs/ae_val
     python scripts/anomaly_score_study.py --anomaly outputs/ae_val/anomaly --images VAL_IMAGES \\
@@ -25,8 +25,8 @@ from core.files import atomic_write_text
 from core.progress import progress
 from datasets.io import read_image
 from datasets.severstal import list_images, read_mask_table, table_to_rles
-from inference.anomaly_score import image_score
 from inference.image_scores import UINT16_MAX, read_anomaly_png
+from models.anomaly_score import image_score
 
 
 def parse_args(argv=None) -> argparse.Namespace:

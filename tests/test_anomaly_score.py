@@ -1,4 +1,4 @@
-"""inference/anomaly_score.py and scripts/anomaly_score_study.py: image-level
+"""models/anomaly_score.py and scripts/anomaly_score_study.py: image-level
 statistics of an anomaly map that ignore the frame beyond the strip."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inference.anomaly_score import image_score, on_strip_mask
 from inference.image_scores import write_anomaly_png
+from models.anomaly_score import image_score, on_strip_mask
 
 REPO = Path(__file__).resolve().parents[1]
 H, W, FRAME = 64, 200, 40  # the last FRAME columns are the black frame beyond the strip

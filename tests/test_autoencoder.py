@@ -11,9 +11,11 @@ import torch
 import predict
 from core.checkpoint import save_checkpoint
 from core.config import AutoencoderConfig, load_config, to_dict
+from datasets.io import read_image
 from datasets.synthetic import steel_background
 from inference.image_scores import read_anomaly_png
 from models import build_model
+from models.anomaly_score import image_score
 from models.autoencoder import ConvAutoencoder, ssim_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +105,8 @@ def test_predict_py_writes_16_bit_maps_and_anomaly_scores(tmp_path):
     assert anomaly.shape == (64, 256) and anomaly.dtype == np.uint16
     scores = pd.read_csv(out / "anomaly_scores.csv")
     assert scores.columns.tolist() == ["ImageId", "score"] and scores["ImageId"].tolist() == ["s0.jpg", "s1.jpg"]
-    assert scores["score"].iloc[0] == pytest.approx(anomaly.max() / 65535, abs=1e-4)
+    grey = read_image(images / "s0.jpg")[..., 0]
+    expected = image_score(anomaly / 65535, grey, "top_mean", margin=32, k=500)  # the config's default statistic
+    assert scores["score"].iloc[0] == pytest.approx(expected, abs=1e-4) and expected < anomaly.max() / 65535
     image_scores = pd.read_csv(out / "image_scores.csv")
     assert image_scores.columns.tolist() == ["ImageId", "score", "score_1", "score_2", "score_3", "score_4"]
