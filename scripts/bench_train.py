@@ -14,6 +14,10 @@ loader worker delivers at least 4x what one training process consumes.
 the precision ``auto`` picks, in the same run, at smp's default widths
 (``model.smp.arch_kwargs`` emptied). On a CPU without native bf16 the bf16 steps
 are about 20x slower: ``--steps 2`` keeps that part short.
+``--validation N`` also times ``Trainer.evaluate`` on the first N strips of
+the validation fold in the precision ``auto`` picks, once per
+``train.val_inference`` (``predict``: tiles as predict.py; ``whole``: one pass
+per strip), alternating, after an untimed pass of each.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +36,7 @@ from core.config import ConfigError, load_config
 from core.precision import EmulatedBF16Warning, machine_summary, resolve_amp
 from datasets.synthetic import make_dataset
 from models import build_model, check_model_config
-from training.data import build_train_dataset, load_run_data
+from training.data import build_train_dataset, build_val_dataset, load_run_data
 from training.trainer import local_trainer
 
 
@@ -63,12 +68,29 @@ def train_rate(cfg, train_set, batch, amp: str, steps: int) -> float:
     return steps * len(micro_batches) * batch[0].shape[0] / (time.perf_counter() - started)
 
 
+def validation_seconds(cfg, model, train_set, val_set, amp: str, modes: list[str], rounds: int = 2) -> dict:
+    """Seconds of one ``Trainer.evaluate`` over ``val_set`` per validation
+    mode, the best of ``rounds`` alternating runs, after an untimed one each."""
+    best = {mode: float("inf") for mode in modes}
+    for round_ in range(rounds + 1):
+        for mode in modes:
+            cfg.train.val_inference = mode
+            trainer = local_trainer(cfg, model, train_set, resolve_amp(amp, torch.device("cpu")), val_set)
+            started = time.perf_counter()
+            trainer.evaluate()
+            if round_:
+                best[mode] = min(best[mode], time.perf_counter() - started)
+    return best
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(CONFIGS / "demo_cpu.yaml"))
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per precision")
     parser.add_argument("--samples", type=int, default=60, help="timed loader samples")
     parser.add_argument("--archs", default="", help="comma-separated smp architectures to time too (auto precision)")
+    parser.add_argument("--validation", type=int, default=0, help="validation strips to time evaluate() on, "
+                        "per train.val_inference (0: skip)")
     args, overrides = parse_with_overrides(parser, argv)
     cfg = load_config(args.config, overrides)
     others = {arch: load_config(args.config, [*overrides, f"--model.smp.arch={arch}", "--model.smp.arch_kwargs={}"])
@@ -112,6 +134,14 @@ def main(argv=None) -> None:
               f"(config / {arch}*: {config_rate / rate:.2f}x)")
     if others:
         print("* at smp's default widths (model.smp.arch_kwargs emptied)")
+    if args.validation:
+        val_set = build_val_dataset(replace(data, val_ids=data.val_ids[: args.validation]))
+        torch.manual_seed(0)
+        seconds = validation_seconds(cfg, build_model(cfg), dataset, val_set, auto.amp, ["predict", "whole"])
+        n = len(val_set)
+        for mode, value in seconds.items():
+            print(f"{f'validation s/strip, {auto.amp}, {mode}':<38}{value / n:>10.3f}  ({n} strips)")
+        print(f"{'validation predict / whole':<38}{seconds['predict'] / seconds['whole']:>10.2f}x")
 
 
 if __name__ == "__main__":

@@ -297,6 +297,19 @@ def test_bench_train_refuses_a_bad_model_before_timing(args, message, tmp_path):
     assert not (tmp_path / "absent").exists()  # refused before the stand-in data is written
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_bench_train_times_both_validation_modes_side_by_side(tiny_data, capsys):
+    bench = runpy.run_path(str(REPO / "scripts/bench_train.py"))["main"]
+    bench(["--steps", "1", "--samples", "2", "--validation", "2", f"--data.root={tiny_data}",
+           "--model.smp.encoder=resnet18", "--data.batch_size=2", "--data.num_workers=0"])
+    lines = {l[:38].strip(): l[38:].split() for l in capsys.readouterr().out.splitlines()}
+    predict_s, whole_s = (float(lines[f"validation s/strip, {resolve_amp('auto', 'cpu').amp}, {m}"][0])
+                          for m in ("predict", "whole"))
+    assert predict_s > 0 and whole_s > 0
+    assert float(lines["validation predict / whole"][0].rstrip("x")) == pytest.approx(predict_s / whole_s, rel=0.1)
+
+
 class TinySegmentation(torch.utils.data.Dataset):
     """``n`` random 64x64 images, each with one rectangle of class 1: the
     semantic dataset contract (docs/CONTRACTS.md) without files."""
