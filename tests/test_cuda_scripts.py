@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import cv2
 import httpx
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from test_multinode import RECORDING_TRAIN, free_port
+from test_serve import start_server, stop_server
 from test_train import REPO, tiny_args
 
 import predict
@@ -74,35 +74,15 @@ def test_serve_py_on_cuda_answers_like_predict_py(cuda_run, tiny_data, tmp_path)
     out, _ = cuda_run
     checkpoint = out / "best.pt"
     image = sorted((tiny_data / "test_images").iterdir())[0]
-    port = free_port()
-    env = {**os.environ, "SEVERSTAL_API_KEYS": KEY}
-    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--checkpoint", str(checkpoint),
-                                "--port", str(port), "--device", "cuda", "--max-batch", "4", "--max-wait-ms", "10"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_server(["--checkpoint", str(checkpoint), "--device", "cuda", "--max-batch", "4",
+                                  "--max-wait-ms", "10"], KEY)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("serve.py on cuda not ready within 120 s")
         answers = [httpx.post(f"{base}/v1/inspect", content=image.read_bytes(), timeout=60,
                               headers={"Content-Type": "image/jpeg", "X-API-Key": KEY}, params={"overlay": "true"})
                    for _ in range(3)]
         described = httpx.get(f"{base}/v1/model", headers={"X-API-Key": KEY}, timeout=10).json()
     finally:
-        process.terminate()
-        try:
-            log, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            log, _ = process.communicate()
+        log = stop_server(process)
     assert KEY not in log
     assert [a.status_code for a in answers] == [200] * 3
     first = answers[0].json()

@@ -117,16 +117,14 @@ def strip(seed: int, height: int = 256, width: int = 512) -> bytes:
     return data.tobytes()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """serve.py on a free loopback port, one torch thread, a tiny checkpoint."""
-    folder = tmp_path_factory.mktemp("serve")
-    checkpoint = save_tiny_checkpoint(folder / "tiny.pt", 0, "--predict.amp=off", "--predict.num_workers=0")
+def start_server(args: list[str], keys: str, **env) -> tuple[subprocess.Popen, str]:
+    """serve.py with ``args`` on a free loopback port, once /readyz answers:
+    (the process, its base URL). A server that exits or is not ready within
+    120 s is a RuntimeError with its output."""
     port = free_port()
-    env = {**os.environ, "SEVERSTAL_API_KEYS": f"other-key,{KEY}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(REPO / "serve.py"), "--checkpoint", str(checkpoint), "--port", str(port),
-           "--device", "cpu", "--max-bytes", "2000000", "--max-batch", "8", "--max-wait-ms", "20"]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), *args, "--port", str(port)],
+                               env={**os.environ, "SEVERSTAL_API_KEYS": keys, **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -134,20 +132,34 @@ def server(tmp_path_factory):
             raise RuntimeError(f"serve.py exited: {process.stdout.read()[-3000:]}")
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
+                return process, base
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    else:
-        process.kill()
-        raise RuntimeError("serve.py not ready within 120 s")
-    yield base, checkpoint
+    process.kill()
+    raise RuntimeError("serve.py not ready within 120 s")
+
+
+def stop_server(process: subprocess.Popen) -> str:
+    """Terminate (then kill) ``process``; its whole output."""
     process.terminate()
     try:
         output, _ = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
+    return output
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """serve.py on a free loopback port, one torch thread, a tiny checkpoint."""
+    folder = tmp_path_factory.mktemp("serve")
+    checkpoint = save_tiny_checkpoint(folder / "tiny.pt", 0, "--predict.amp=off", "--predict.num_workers=0")
+    process, base = start_server(["--checkpoint", str(checkpoint), "--device", "cpu", "--max-bytes", "2000000",
+                                  "--max-batch", "8", "--max-wait-ms", "20"], f"other-key,{KEY}", OMP_NUM_THREADS="1")
+    yield base, checkpoint
+    output = stop_server(process)
     assert KEY not in output and "other-key" not in output  # keys are never logged
 
 
