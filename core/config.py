@@ -162,7 +162,8 @@ class AutoencoderConfig:
     error_sigma: float = 4.0  # px, Gaussian smoothing of the absolute error (the anomaly map)
     error_scale: float = 0.05  # the map is 1 - exp(-error / error_scale): in [0, 1], error in intensity units
     # the strip's anomaly score (models/anomaly_score.py): the mean of the score_k highest map values on the
-    # steel, score_margin px away from the off-strip frame; chosen on the validation fold (docs/EXPERIMENTS.md 17)
+    # steel, score_margin px inside its edge as a 9x9 mean finds it (about 4 px into the off-strip frame);
+    # chosen on the validation fold (docs/EXPERIMENTS.md 17)
     image_score: Literal["max", "max_on_strip", "top_mean", "excess"] = "top_mean"
     score_margin: int = 32
     score_k: int = 500
@@ -505,6 +506,8 @@ def validate(cfg: Config) -> None:
         (cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1"),
         (cfg.train.val_every >= 1, "train.val_every", "must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
+        (cfg.model.autoencoder.score_k >= 1, "model.autoencoder.score_k", "must be >= 1"),
+        (cfg.model.autoencoder.score_margin >= 0, "model.autoencoder.score_margin", "must be >= 0"),
         (0 < cfg.predict.stride <= cfg.predict.tile, "predict.stride", "must be in 1..predict.tile"),
         (cfg.predict.tile > 0 and cfg.predict.tile % 32 == 0, "predict.tile",
          "must be a positive multiple of 32 (the encoders downsample by 32)"),

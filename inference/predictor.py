@@ -58,6 +58,7 @@ from datasets.io import ImageReadError, read_image, to_tensor
 from datasets.rle import rle_encode
 from datasets.severstal import RERELEASED, list_images, write_mask_csv
 from models import load_model
+from models.anomaly_score import grey_of
 
 from .gradcam import cam_panel, grad_cam
 from .image_scores import ANOMALY_DIR, ANOMALY_SCORES, IMAGE_SCORES, class_scores, write_anomaly_png, write_scores_csv
@@ -309,7 +310,7 @@ class ResultWriter:
             if self.anomaly_score is None:
                 score = float(anomaly.max())
             else:
-                score = self.anomaly_score(anomaly, image.mean(0).numpy() * 255)
+                score = self.anomaly_score(anomaly, grey_of(image.permute(1, 2, 0).numpy() * 255))
             record["anomaly_score"] = round(score, 6)
         self.journal.append(record)
 

@@ -7,8 +7,9 @@ validation fold (scripts/anomaly_score_study.py), never on held-out strips:
 
 - ``max``: the map's maximum;
 - ``max_on_strip``: the maximum over the steel only: pixels whose 9x9 mean
-  grey level is above ``OFF_STRIP_LEVEL``, eroded by ``margin`` px (the frame's
-  edge is the autoencoder's largest error on good strips);
+  grey level is above ``OFF_STRIP_LEVEL`` (that mean reaches about 4 px into
+  the frame), eroded by ``margin`` px (the frame's edge is the autoencoder's
+  largest error on good strips);
 - ``top_mean``: the mean of the ``k`` largest on-strip values (a defect covers
   many pixels, a glitch few);
 - ``excess``: ``max_on_strip`` minus the on-strip median (a strip whose whole
@@ -26,12 +27,19 @@ STATISTICS = ("max", "max_on_strip", "top_mean", "excess")
 
 def on_strip_mask(grey: np.ndarray, margin: int) -> np.ndarray:
     """grey uint8 or float [H, W] in 0..255 -> bool [H, W]: steel, ``margin``
-    px away from any off-strip pixel. All True where the frame is absent."""
+    px inside the pixels whose 9x9 mean is above ``OFF_STRIP_LEVEL`` (which
+    reach about 4 px into a black frame). All True where the frame is absent."""
     on = cv2.blur(np.asarray(grey, np.float32), (9, 9)) > OFF_STRIP_LEVEL
     if margin > 0 and not on.all():
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * margin + 1, 2 * margin + 1))
         on = cv2.erode(on.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
     return on
+
+
+def grey_of(image: np.ndarray) -> np.ndarray:
+    """RGB [H, W, 3] (uint8, 0..255) -> float32 [H, W], the mean of the
+    channels: the grey image both predict.py and the study score with."""
+    return np.asarray(image, np.float32).mean(axis=2)
 
 
 def image_score(anomaly: np.ndarray, grey: np.ndarray, statistic: str = "max", margin: int = 16,

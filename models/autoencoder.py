@@ -16,7 +16,7 @@ the per-pixel absolute reconstruction error, smoothed by a Gaussian of
 - ``anomaly_map = True`` tells predict.py to write the map as a 16-bit PNG
   and the image-level anomaly score per strip, ``image_score(map, grey)``
   (``model.autoencoder.image_score``: by default the mean of the 500 highest
-  values on the steel, 32 px from the off-strip frame, whose edge is the
+  values on the steel, about 30 px in from the off-strip frame, whose edge is the
   largest error on good strips).
 
 The network sees the grey strip (the mean of the three channels).

@@ -26,7 +26,7 @@ from core.progress import progress
 from datasets.io import read_image
 from datasets.severstal import list_images, read_mask_table, table_to_rles
 from inference.image_scores import UINT16_MAX, read_anomaly_png
-from models.anomaly_score import image_score
+from models.anomaly_score import grey_of, image_score
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +62,7 @@ def study(anomaly_dir: Path, images: Path, truth_csv: Path, margins: list[int], 
     scores = np.zeros((len(options), len(names)))
     for j, name in enumerate(progress(names, True, desc="strips")):
         anomaly = read_anomaly_png(anomaly_dir / f"{Path(name).stem}.png").astype(np.float32) / UINT16_MAX
-        grey = read_image(images / name)[..., 0]
+        grey = grey_of(read_image(images / name))
         for i, option in enumerate(options):
             scores[i, j] = image_score(anomaly, grey, **option)
     rows = [{**option, "auroc": float(roc_auc_score(defective, s))} for option, s in zip(options, scores)]

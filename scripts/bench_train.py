@@ -15,9 +15,9 @@ the precision ``auto`` picks, in the same run, at smp's default widths
 (``model.smp.arch_kwargs`` emptied). On a CPU without native bf16 the bf16 steps
 are about 20x slower: ``--steps 2`` keeps that part short.
 ``--validation N`` also times ``Trainer.evaluate`` on the first N strips of
-the validation fold in the precision ``auto`` picks, once per
-``train.val_inference`` (``predict``: tiles as predict.py; ``whole``: one pass
-per strip), alternating, after an untimed pass of each.
+the validation fold, once per ``train.val_inference`` (``predict``: tiles as
+predict.py, in ``predict.amp``; ``whole``: one pass per strip, in the
+precision ``train.amp=auto`` picks), alternating, after an untimed pass of each.
 """
 
 from __future__ import annotations
@@ -139,8 +139,10 @@ def main(argv=None) -> None:
         torch.manual_seed(0)
         seconds = validation_seconds(cfg, build_model(cfg), dataset, val_set, auto.amp, ["predict", "whole"])
         n = len(val_set)
+        precision = {"predict": resolve_amp(cfg.predict.amp, torch.device("cpu"), key="predict.amp").amp,
+                     "whole": auto.amp}  # predict infers in predict.amp, whole in the training's
         for mode, value in seconds.items():
-            print(f"{f'validation s/strip, {auto.amp}, {mode}':<38}{value / n:>10.3f}  ({n} strips)")
+            print(f"{f'validation s/strip, {mode} ({precision[mode]})':<38}{value / n:>10.3f}  ({n} strips)")
         print(f"{'validation predict / whole':<38}{seconds['predict'] / seconds['whole']:>10.2f}x")
 
 

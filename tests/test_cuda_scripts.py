@@ -23,6 +23,7 @@ from test_train import REPO, tiny_args
 
 import predict
 import train
+from core.precision import cuda_bf16_support
 from datasets.rle import rle_decode
 
 pytestmark = pytest.mark.cuda
@@ -46,7 +47,7 @@ def cuda_run(tiny_data, tmp_path_factory):
 
 def test_train_py_on_cuda_uses_bf16_and_writes_a_checkpoint_that_loads_anywhere(cuda_run):
     out, record = cuda_run
-    expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # auto: bf16 from Ampere on, else fp16
+    expected = "bf16" if cuda_bf16_support(torch.device("cuda"))[0] else "fp16"  # auto: bf16 from Ampere on, else fp16
     checkpoint = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
     assert checkpoint["precision"]["amp"] == expected and checkpoint["config"]["train"]["device"] == "cuda"
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 4

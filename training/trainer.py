@@ -252,8 +252,10 @@ class Trainer:
 
     def _val_predictor(self, model: nn.Module) -> Predictor | None:
         """With ``train.val_inference=predict``, predict.py's inference of the
-        model (tiles, TTA, ``predict.amp``), in the training's memory format;
-        None for one whole-strip pass."""
+        model (tiles, TTA, ``predict.amp``), in the training's memory format
+        (the Predictor would convert the training model to ``predict.channels_last``;
+        where the two flags differ, the probabilities differ from predict.py's by
+        float32 rounding only); None for one whole-strip pass."""
         if self.cfg.train.val_inference != "predict":
             return None
         return Predictor([model], replace(self.cfg.predict, channels_last=self.cfg.train.channels_last), self.device)
