@@ -92,9 +92,14 @@ def test_arguments_it_refuses(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def split_of(root: Path) -> pd.DataFrame:
+    """The data's 5-fold split (seed 42), which the study reads: written on first use."""
+    load_run_data(load_config(REPO / "configs/demo_cpu.yaml", [f"--data.root={root}"]))
+    return pd.read_csv(root / "folds_k5_s42.csv")
+
+
 def test_low_setting_drops_class2_training_strips_only(tiny_data, tmp_path):
-    load_run_data(load_config(REPO / "configs/demo_cpu.yaml", [f"--data.root={tiny_data}"]))  # the split file
-    folds = pd.read_csv(tiny_data / "folds_k5_s42.csv")
+    folds = split_of(tiny_data)
     rles = table_to_rles(read_mask_table(tiny_data / "train.csv"))
     train_ids = set(folds.loc[folds["fold"] != 0, "ImageId"])
     class2 = sorted(i for i in train_ids if 2 in rles.get(i, {}))
@@ -119,6 +124,7 @@ TINY = ["--recipe", "reduced", "--data.num_workers=0", "--data.batch_size=2", "-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_tiny_study_end_to_end_then_resumed(tiny_data, tmp_path, capsys):
+    split_of(tiny_data)
     study = tmp_path / "study"
     argv = ["--out", str(study), "--data", str(tiny_data), "--settings", "full", "--seeds", "0,1",
             "--variants", "none,copy_paste", *TINY]
