@@ -240,7 +240,9 @@ def test_resume_restores_the_tuned_postprocessing(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_matches_single_process(tiny_data, tmp_path):
     out = tmp_path / "ddp"
-    args = tiny_args(tiny_data, out, "--train.epochs=1", "--data.max_val_images=5", "--train.amp=off")
+    # float32 throughout: validation infers in predict.amp (train.val_inference=predict)
+    args = tiny_args(tiny_data, out, "--train.epochs=1", "--data.max_val_images=5", "--train.amp=off",
+                     "--predict.amp=off")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *args],
                             cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
