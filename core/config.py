@@ -275,11 +275,17 @@ class RayConfig:
     """``predict.py --engine ray``: the same prediction as a Ray Data pipeline (workflows/ray_predict.py)."""
 
     address: str = ""  # "" = start a local Ray on this machine; "auto" = join the cluster of `ray start`
-    workers: int = 0  # predicting actors, each holding the models; 0 = one per GPU of the cluster (or one)
+    # predicting actors, each holding the models; 0 = as many as the cluster holds: one per GPU (GPU
+    # actors), or one per ray.num_cpus_per_worker of its CPUs (CPU actors)
+    workers: int = 0
     num_gpus_per_worker: float = 0.0  # GPUs each actor holds (1 on a GPU cluster); 0 = CPU actors
     num_cpus_per_worker: float = 1.0  # CPUs Ray reserves for each actor
     threads_per_worker: int = 0  # torch threads of an actor; 0 = Ray's choice (its CPUs)
     batch_size: int = 4  # images per actor call (split into Predictor calls as plain predict.py does)
+    # where images are read and decoded: "tasks" = Ray tasks of ray.read_cpus each, a stage of their own
+    # that overlaps the actors' work; "workers" = inside each actor, before it predicts (no stage, no copy
+    # of the pixels through the object store); "auto" = workers for CPU actors, tasks for GPU actors
+    read: Literal["auto", "tasks", "workers"] = "auto"
     read_cpus: float = 0.25  # CPUs Ray reserves per read-and-decode task (I/O and a JPEG decode)
     max_restarts: int = 3  # an actor that dies is restarted up to this many times
     max_task_retries: int = 3  # and each of its unfinished batches retried up to this many times

@@ -2,6 +2,7 @@
 
     python scripts/bench_predict.py [--strips 2] [--repeats 3] [--threads 1 --cpu-time]
     python scripts/bench_predict.py --engines [--engine-strips 32] [--checkpoint RUN/best.pt] [--ray.key=value ...]
+        [--ray-variant NAME='--ray.key=value ...' ...]
 
 1. Time per strip of tiled inference (256 tiles, stride 224, gaussian
    blend) over a whole-strip pass, on an smp Unet resnet18 (weights None,
@@ -25,9 +26,11 @@ engine (this process: torch threads on every core, DataLoader readers) and
 ``--engine ray`` on a local Ray started once beforehand (its start-up is
 printed apart; each Ray run includes starting its actors and loading the
 models), interleaved, each the best of ``--repeats``. Prints strips/s of
-each and Ray over plain. Ray's default here is one single-threaded actor
-per core; ``--ray.key=value`` arguments override it. Without --checkpoint the
-model is configs/demo_cpu.yaml's, randomly initialised.
+each and Ray over plain. Ray runs with predict.py's own defaults (what a
+user gets); ``--ray.key=value`` arguments override them for every Ray run,
+and each ``--ray-variant NAME='--ray.k=v ...'`` adds a run of its own, so
+layouts compare side by side. Without --checkpoint the model is
+configs/demo_cpu.yaml's, randomly initialised.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from core.precision import machine_summary
 from datasets.synthetic import make_dataset
 from inference.tiling import predict_full_frame, predict_tiled
 from models import save_random_checkpoint
-from workflows.ray_predict import import_ray, ray_config
+from workflows.ray_predict import import_ray, plan, ray_config
 
 TILE, STRIDE, SIGMA_SCALE = 256, 224, 0.125
 STRIP = (256, 1600)  # (H, W)
@@ -68,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engines", action="store_true", help="predict.py plain vs --engine ray on the same strips")
     p.add_argument("--engine-strips", type=int, default=32, help="synthetic 1600x256 strips per --engines run")
     p.add_argument("--checkpoint", type=Path, help="--engines: default configs/demo_cpu.yaml's model, random weights")
+    p.add_argument("--ray-variant", action="append", default=[], metavar="NAME='--ray.k=v ...'",
+                   help="--engines: one more Ray run with these settings over the defaults (repeatable)")
     args, ray_overrides = p.parse_known_args(argv)
     bad = [o for o in ray_overrides if not o.startswith("--ray.") or "=" not in o]
     if bad:
@@ -197,28 +202,37 @@ def demo_checkpoint(folder: Path) -> Path:
     return save_random_checkpoint(load_config(CONFIGS / "demo_cpu.yaml"), folder / "demo_random.pt")
 
 
-def one_actor_per_core() -> list[str]:
-    """Ray's layout on one machine: a single-threaded actor per core, the read tasks' quarter CPU spared."""
-    cores = os.cpu_count() or 1
-    return [f"--ray.workers={cores}", f"--ray.num_cpus_per_worker={(cores - 0.25) / cores:.4f}",
-            "--ray.threads_per_worker=1"]
+def ray_variants(args) -> dict[str, list[str]]:
+    """Name -> the ``--ray.*`` arguments of each Ray run: Ray's defaults
+    (``ray``), then each ``--ray-variant``; the free ``--ray.*`` arguments
+    apply to all of them."""
+    variants = {"ray": []}
+    for spec in args.ray_variant:
+        name, _, extra = spec.partition("=")
+        variants[name] = extra.split()
+    return {name: [*args.ray_overrides, *extra] for name, extra in variants.items()}
 
 
 def engines(args) -> None:
-    """predict.py plain vs --engine ray on the same strips, interleaved: strips/s and the ratio."""
+    """predict.py plain vs --engine ray on the same strips, interleaved: strips/s and the ratios."""
     ray = import_ray()
+    variants = ray_variants(args)
+    for extra in variants.values():
+        ray_config(extra)  # a bad key fails here, before any timing
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_dataset(tmp / "data", n_train=0, n_test=args.engine_strips, seed=0, workers=1, progress=False)
         checkpoint = args.checkpoint or demo_checkpoint(tmp)
         common = ["--checkpoint", str(checkpoint), "--images", str(tmp / "data" / "test_images")]
-        ray_args = [*one_actor_per_core(), *args.ray_overrides]
-        runs = {"plain": lambda: predict.main([*common, "--out", str(tmp / "plain")]),
-                "ray": lambda: predict.main([*common, "--out", str(tmp / "ray"), "--engine", "ray", *ray_args])}
+        runs = {"plain": lambda: predict.main([*common, "--out", str(tmp / "plain")])}
+        for name, extra in variants.items():
+            runs[name] = lambda name=name, extra=extra: predict.main(
+                [*common, "--out", str(tmp / name), "--engine", "ray", *extra])
         started = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=512 * 2**20,
                  log_to_driver=False)
         ray_start = time.perf_counter() - started
+        layouts = {name: plan(ray_config(extra), ray.cluster_resources()) for name, extra in variants.items()}
         best = {name: float("inf") for name in runs}
         for _ in range(args.repeats):
             for name, run in runs.items():
@@ -226,21 +240,24 @@ def engines(args) -> None:
                 run()
                 best[name] = min(best[name], time.perf_counter() - start)
         ray.shutdown()
-        same = (tmp / "plain" / "submission.csv").read_bytes() == (tmp / "ray" / "submission.csv").read_bytes()
+        plain = (tmp / "plain" / "submission.csv").read_bytes()
+        same = {name: (tmp / name / "submission.csv").read_bytes() == plain for name in variants}
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{machine_summary()}; load average {load}; {args.engine_strips} strips of 1600x256, "
           f"{checkpoint if args.checkpoint else 'demo_cpu.yaml model (random weights)'}, best wall time of "
-          f"{args.repeats} interleaved runs of predict.py each")
-    layout = ray_config(ray_args)
-    print(f"ray: {layout.workers} actors x {layout.threads_per_worker or 'Ray-chosen'} torch threads, "
-          f"{layout.num_cpus_per_worker:g} CPUs reserved each, batches of {layout.batch_size}; "
-          f"local Ray start-up {ray_start:.1f} s (not counted)")
+          f"{args.repeats} interleaved runs of predict.py each; local Ray start-up {ray_start:.1f} s (not counted)")
     rate = {name: args.engine_strips / t for name, t in best.items()}
-    print(f"{'engine':<8} {'strips/s':>9} {'s/run':>7}")
-    for name in runs:
-        print(f"{name:<8} {rate[name]:>9.2f} {best[name]:>7.1f}")
-    print(f"ray / plain: {rate['ray'] / rate['plain']:.3f} (target on two cores >= 0.8); "
-          f"submissions identical: {'yes' if same else 'NO'}")
+    print(f"{'engine':<12} {'strips/s':>9} {'s/run':>7} {'/ plain':>8}  layout")
+    print(f"{'plain':<12} {rate['plain']:>9.2f} {best['plain']:>7.1f} {1:>8.3f}  this process, "
+          f"{torch.get_num_threads()} torch threads, DataLoader readers")
+    for name, extra in variants.items():
+        cfg, layout = ray_config(extra), layouts[name]
+        reads = "actors read" if layout.read_in_workers else f"read tasks of {cfg.read_cpus:g} CPU"
+        print(f"{name:<12} {rate[name]:>9.2f} {best[name]:>7.1f} {rate[name] / rate['plain']:>8.3f}  "
+              f"{layout.workers} {layout.device} actors x {cfg.threads_per_worker or 'Ray-chosen'} torch threads, "
+              f"{cfg.num_cpus_per_worker:g} CPUs each, {reads}, batches of {cfg.batch_size}; "
+              f"submission identical to plain: {'yes' if same[name] else 'NO'}")
+    print("target on two cores: ray / plain >= 0.8")
 
 
 def main(argv=None) -> None:

@@ -9,6 +9,7 @@ one actor is killed, and a resumed one.
 
 import builtins
 import os
+import runpy
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from datasets.synthetic import make_dataset
 from inference.predictor import JOURNAL_DIR, SKIPPED, SUBMISSION, Journal, ResultWriter, read_journals
 from workflows import ray_predict
 from workflows.cross_validation import load_predictor
-from workflows.ray_predict import PredictWorker, image_sources, plan, read_batch, read_source
+from workflows.ray_predict import PredictWorker, image_sources, plan, ray_config, read_batch, read_source
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,6 +81,12 @@ def test_the_worker_writes_what_the_plain_writer_writes(checkpoint, tmp_path):
     rows = read_batch({"image": np.array(names, dtype=object), "source": np.array([str(images / n) for n in names])})
     assert [bool(e) for e in rows["error"]] == [n == "bad.jpg" for n in names]
     out = PredictWorker([str(checkpoint)], ["--predict.tile=128", "--predict.stride=96"], "cpu", threads=1)(rows)
+    reader = PredictWorker([str(checkpoint)], ["--predict.tile=128", "--predict.stride=96"], "cpu", threads=1,
+                           read=True)  # the actor that reads its own images (ray.read=workers) gives the same rows
+    sources = {"image": np.array(names, dtype=object), "source": np.array([str(images / n) for n in names])}
+    for key, column in reader(sources).items():
+        assert [np.asarray(v).tobytes() if key == "png" else str(v) for v in column] == \
+            [np.asarray(v).tobytes() if key == "png" else str(v) for v in out[key]], key
 
     predictor, postprocess, _ = load_predictor([checkpoint], ["--predict.tile=128", "--predict.stride=96"], "cpu")
     with Journal(tmp_path / "plain" / "rank0.jsonl") as journal:
@@ -102,14 +109,22 @@ def test_the_worker_writes_what_the_plain_writer_writes(checkpoint, tmp_path):
 
 
 def test_the_plan_sizes_the_pool_and_refuses_what_would_hang():
-    assert plan(RayConfig(), {"CPU": 2}).workers == 1
+    cpu = plan(RayConfig(), {"CPU": 2})  # CPU actors read their own images: one per CPU
+    assert (cpu.workers, cpu.device, cpu.read_in_workers) == (2, "cpu", True)
+    assert plan(RayConfig(num_cpus_per_worker=2), {"CPU": 7}).workers == 3
+    tasks = plan(RayConfig(read="tasks"), {"CPU": 2})  # the read tasks' quarter CPU is spared
+    assert (tasks.workers, tasks.read_in_workers) == (1, False)
+    assert plan(RayConfig(read="tasks", num_cpus_per_worker=0.875), {"CPU": 2}).workers == 2
     gpu = plan(RayConfig(num_gpus_per_worker=1), {"CPU": 32, "GPU": 4})
-    assert (gpu.workers, gpu.device) == (4, "cuda")
+    assert (gpu.workers, gpu.device, gpu.read_in_workers) == (4, "cuda", False)
+    assert plan(RayConfig(num_gpus_per_worker=1, read="workers"), {"CPU": 32, "GPU": 4}).read_in_workers
     assert plan(RayConfig(num_gpus_per_worker=0.5), {"CPU": 32, "GPU": 2}).workers == 4
     with pytest.raises(ConfigError, match="the Ray cluster has 0 GPUs"):
         plan(RayConfig(num_gpus_per_worker=1), {"CPU": 8})
-    with pytest.raises(ConfigError, match="need 2.25 CPUs, the Ray cluster has 2"):
-        plan(RayConfig(workers=2), {"CPU": 2})
+    with pytest.raises(ConfigError, match=r"read_cpus=0.25 need 2.25 CPUs, the Ray cluster has 2"):
+        plan(RayConfig(workers=2, read="tasks"), {"CPU": 2})
+    with pytest.raises(ConfigError, match="need 3 CPUs, the Ray cluster has 2"):
+        plan(RayConfig(workers=3), {"CPU": 2})
 
 
 def test_a_missing_ray_is_named_with_the_install_line(monkeypatch):
@@ -185,8 +200,9 @@ def assert_same_outputs(plain: Path, other: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_writes_the_plain_outputs(local_ray, checkpoint, strips, plain_run, tmp_path):
-    summary = run_ray(checkpoint, strips, tmp_path)
+@pytest.mark.parametrize("read", ["auto", "tasks"])  # auto: CPU actors read their own images
+def test_ray_writes_the_plain_outputs(local_ray, checkpoint, strips, plain_run, tmp_path, read):
+    summary = run_ray(checkpoint, strips, tmp_path, f"--ray.read={read}")
     assert (summary.n_images, summary.n_written, summary.n_predicted) == (N_STRIPS + 1, N_STRIPS, N_STRIPS)
     assert list(summary.skipped) == ["zz_corrupt.jpg"]
     assert_same_outputs(plain_run, tmp_path)
@@ -280,3 +296,14 @@ def test_gpu_actors_write_what_the_plain_run_writes_on_the_gpu(local_ray, checkp
         ours, theirs = (cv2.imread(str(folder / "masks" / mask.name), cv2.IMREAD_UNCHANGED)
                         for folder in (tmp_path / "ray", tmp_path / "plain"))
         assert (ours == theirs).mean() > 0.999, mask.name
+
+
+def test_the_engine_bench_runs_the_defaults_and_each_variant_with_the_shared_overrides():
+    bench = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "bench_predict.py"))
+    args = bench["parse_args"](["--engines", "--ray.batch_size=8", "--ray-variant",
+                                "tasks=--ray.read=tasks --ray.num_cpus_per_worker=0.875"])
+    assert bench["ray_variants"](args) == {
+        "ray": ["--ray.batch_size=8"],
+        "tasks": ["--ray.batch_size=8", "--ray.read=tasks", "--ray.num_cpus_per_worker=0.875"]}
+    with pytest.raises(ConfigError, match="ray.read"):
+        ray_config(["--ray.read=nowhere"])

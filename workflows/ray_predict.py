@@ -4,11 +4,17 @@ The same Predictor and post-processing as the plain ``predict.py``, as a
 streaming pipeline that Ray schedules over the CPUs and GPUs of a cluster:
 
     image sources (a folder, a text file of paths or URIs, or a folder URI)
-    -> read and decode (Ray tasks; any file system pyarrow reads: local, s3://, gs://, hdfs://)
+    -> read and decode (any file system pyarrow reads: local, s3://, gs://, hdfs://)
     -> ``PredictWorker`` (a pool of Ray actors, each holding the models: one per GPU, or CPU actors):
        tiled probabilities, post-processing, RLE and the mask PNG of each image
     -> the driver, which streams the rows back (``iter_batches``) and writes
        ``masks/<stem>.png`` and a journal line per image as it arrives.
+
+GPU actors get their images from Ray tasks, a stage of its own that decodes
+while the GPUs predict; CPU actors read their own (``ray.read=auto``): on
+CPUs the decode competes with prediction for the same cores anyway, and a
+separate stage only adds a copy of every strip through the object store and
+the scheduling of its tasks (measured in docs/BENCHMARKS.md).
 
 The outputs are those of the plain run (inference/predictor.py): the
 submission and ``skipped.txt`` are written at the end from the journal, so
@@ -178,11 +184,14 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class PredictWorker:
-    """A Ray actor holding the models: rows ``{image, pixels, error}`` ->
+    """A Ray actor holding the models: rows ``{image, pixels, error}`` (or
+    ``{image, source}`` when it reads the images itself, ``read=True``) ->
     ``{image, rle1..rle4: the RLE of each class, shape: [H, W], png: the
     masks/<stem>.png bytes, error}``, as ``ResultWriter`` would write them."""
 
-    def __init__(self, checkpoints: Sequence[str], overrides: Sequence[str], device: str, threads: int):
+    def __init__(self, checkpoints: Sequence[str], overrides: Sequence[str], device: str, threads: int,
+                 read: bool = False):
+        self.read = read
         if threads:
             torch.set_num_threads(threads)
         self.predictor, self.postprocess, _ = load_predictor(checkpoints, overrides, device)
@@ -190,6 +199,8 @@ class PredictWorker:
               f"predict.amp: {self.predictor.precision.describe()}", flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.read:
+            batch = read_batch(batch)
         n = len(batch["image"])
         rles, shapes, pngs = [[""] * 4 for _ in range(n)], [[0, 0] for _ in range(n)], [b""] * n  # unreadable rows
         readable = [i for i in range(n) if not batch["error"][i]]
@@ -219,27 +230,34 @@ class RayPlan:
 
     workers: int
     device: str  # the actors' device: cuda (Ray assigns each actor its GPU) or cpu
+    read_in_workers: bool  # the actors read their own images (no read stage)
 
 
 def plan(cfg: RayConfig, cluster: dict[str, float]) -> RayPlan:
-    """Actors and their device from ``ray.*`` and the cluster's resources
-    (``ray.cluster_resources()``): ``ray.workers``, or 0: one per GPU when
-    actors hold GPUs, else one. Refuses a pool that would leave no CPU for
-    the read tasks (Ray would wait for ever)."""
+    """Actors, their device and who reads the images, from ``ray.*`` and the
+    cluster's resources (``ray.cluster_resources()``). ``ray.workers=0``
+    fills the cluster: one actor per GPU share when actors hold GPUs, else
+    one per ``ray.num_cpus_per_worker`` of the CPUs the read tasks (if any)
+    leave. Refuses a pool that would leave no CPU for the read tasks (Ray
+    would wait for ever)."""
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    if cfg.num_gpus_per_worker > 0:
+    on_gpu = cfg.num_gpus_per_worker > 0
+    read_in_workers = cfg.read == "workers" or (cfg.read == "auto" and not on_gpu)
+    read_cpus = 0.0 if read_in_workers else cfg.read_cpus
+    if on_gpu:
         if gpus < cfg.num_gpus_per_worker:
             raise ConfigError(f"ray.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster has "
                               f"{gpus:g} GPUs; --ray.num_gpus_per_worker=0 makes CPU actors")
-        the_plan = RayPlan(cfg.workers or max(1, int(gpus // cfg.num_gpus_per_worker)), "cuda")
+        workers = cfg.workers or max(1, int(gpus // cfg.num_gpus_per_worker))
     else:
-        the_plan = RayPlan(cfg.workers or 1, "cpu")
-    needed = the_plan.workers * cfg.num_cpus_per_worker + cfg.read_cpus
+        workers = cfg.workers or max(1, int((cpus - read_cpus) // cfg.num_cpus_per_worker))
+    needed = workers * cfg.num_cpus_per_worker + read_cpus
     if needed > cpus:
-        raise ConfigError(f"{the_plan.workers} workers x ray.num_cpus_per_worker={cfg.num_cpus_per_worker:g} + "
-                          f"ray.read_cpus={cfg.read_cpus:g} need {needed:g} CPUs, the Ray cluster has {cpus:g}; "
-                          "lower ray.workers or ray.num_cpus_per_worker")
-    return the_plan
+        reads = f" + ray.read_cpus={read_cpus:g}" if read_cpus else ""
+        raise ConfigError(f"{workers} workers x ray.num_cpus_per_worker={cfg.num_cpus_per_worker:g}{reads} need "
+                          f"{needed:g} CPUs, the Ray cluster has {cpus:g}; lower ray.workers or "
+                          "ray.num_cpus_per_worker")
+    return RayPlan(workers, "cuda" if on_gpu else "cpu", read_in_workers)
 
 
 def connect(ray, cfg: RayConfig) -> bool:
@@ -295,7 +313,8 @@ def _run(ray, cfg: RayConfig, checkpoints, overrides, todo: dict[str, str], out_
     the_plan = plan(cfg, ray.cluster_resources())
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts images
     pipeline = _pipeline(ray, cfg, the_plan, todo, checkpoints, overrides)
-    print(f"ray: {the_plan.workers} {the_plan.device} workers, {len(todo)} images", flush=True)
+    reads = "reading their own images" if the_plan.read_in_workers else "images read by Ray tasks"
+    print(f"ray: {the_plan.workers} {the_plan.device} workers ({reads}), {len(todo)} images", flush=True)
     n_predicted = 0
     with Journal(out_dir / JOURNAL_DIR / "rank0.jsonl") as journal:
         bar = progress(None, show, total=len(todo), desc="predict (ray)", unit="img")
@@ -307,22 +326,23 @@ def _run(ray, cfg: RayConfig, checkpoints, overrides, todo: dict[str, str], out_
 
 
 def _pipeline(ray, cfg: RayConfig, the_plan: RayPlan, todo: dict[str, str], checkpoints, overrides):
-    """The lazy Ray Dataset: sources -> read and decode (tasks) -> PredictWorker (actors)."""
+    """The lazy Ray Dataset: sources -> [read and decode (tasks)] -> PredictWorker (actors)."""
     rows = [{"image": name, "source": source} for name, source in todo.items()]
     worker_args = {"checkpoints": list(checkpoints), "overrides": list(overrides), "device": the_plan.device,
-                   "threads": cfg.threads_per_worker}
+                   "threads": cfg.threads_per_worker, "read": the_plan.read_in_workers}
     # Ray Data's actors default to retrying for ever; bounded, a crash on every try ends the run. No named
     # parameter takes these yet, only ray_remote_args (deprecated for Ray 2.64: the extra pins Ray below it)
     retries = {"max_restarts": cfg.max_restarts, "max_task_retries": cfg.max_task_retries}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return (
-            ray.data.from_items(rows, override_num_blocks=-(-len(rows) // cfg.batch_size))
-            .map_batches(read_batch, batch_size=cfg.batch_size, num_cpus=cfg.read_cpus, batch_format="numpy")
-            .map_batches(PredictWorker, batch_size=cfg.batch_size, batch_format="numpy",
-                         fn_constructor_kwargs=worker_args, compute=ray.data.ActorPoolStrategy(size=the_plan.workers),
-                         num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker or None, **retries)
-        )
+        dataset = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // cfg.batch_size))
+        if not the_plan.read_in_workers:
+            dataset = dataset.map_batches(read_batch, batch_size=cfg.batch_size, num_cpus=cfg.read_cpus,
+                                          batch_format="numpy")
+        return dataset.map_batches(
+            PredictWorker, batch_size=cfg.batch_size, batch_format="numpy", fn_constructor_kwargs=worker_args,
+            compute=ray.data.ActorPoolStrategy(size=the_plan.workers), num_cpus=cfg.num_cpus_per_worker,
+            num_gpus=cfg.num_gpus_per_worker or None, **retries)
 
 
 def _write_batch(batch: dict[str, np.ndarray], out_dir: Path, journal: Journal) -> int:
