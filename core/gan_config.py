@@ -23,6 +23,9 @@ class GanModelConfig:
     patch: int = 96  # square patches the GAN paints, a multiple of 8; a defect larger than that is cut to it
     base_channels: int = 16  # generator width at full resolution (x2, x4, x8 below it): a small U-Net
     disc_channels: int = 32  # PatchGAN discriminator width (x2, x4 below it)
+    # standardised: the discriminator sees each patch minus the mean, over the standard deviation, of its
+    # pixels outside the mask; raw: the [0, 1] pixels, on which it stayed at chance (EXPERIMENTS.md, entry 24)
+    disc_input: Literal["standardised", "raw"] = "standardised"
     noise: bool = True  # a channel of Gaussian noise in the generator's input: varied textures per mask
 
 

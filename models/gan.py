@@ -12,6 +12,12 @@ mask and the class map. The adversarial losses count only the logit cells
 that hold mask pixels: outside the mask a real and a generated patch are the
 same by design, and averaging over those cells left the discriminator's
 hinge loss at 2.0 (no signal) for 300 steps.
+
+The discriminator sees each patch standardised by the mean and standard
+deviation of its pixels outside the mask (``standardise``). On raw [0, 1]
+pixels it stayed at chance for 3000 steps (docs/EXPERIMENTS.md, entry 24):
+a defect is a few hundredths of grey level, while the patches differ by
+their strip's brightness, which does not tell real from generated.
 """
 
 from __future__ import annotations
@@ -29,6 +35,20 @@ def erase(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     keep = 1 - mask
     fill = (image * keep).sum((1, 2, 3), keepdim=True) / keep.sum((1, 2, 3), keepdim=True).clamp(min=1)
     return image * keep + fill * mask
+
+
+def standardise(image: torch.Tensor, mask: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
+    """[N, 1, H, W]: ``image`` minus the mean of its pixels outside ``mask``,
+    divided by their standard deviation (at least ``eps``), per patch. A patch
+    that is all mask is only centred on its own mean."""
+    keep = 1 - mask
+    count = keep.sum((1, 2, 3), keepdim=True)
+    empty = count < 1
+    keep = torch.where(empty, torch.ones_like(keep), keep)
+    count = keep.sum((1, 2, 3), keepdim=True)
+    mean = (image * keep).sum((1, 2, 3), keepdim=True) / count
+    std = (((image - mean) ** 2 * keep).sum((1, 2, 3), keepdim=True) / count).sqrt()
+    return (image - mean) / std.clamp(min=eps)
 
 
 def class_map(mask: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
@@ -82,10 +102,15 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class PatchDiscriminator(nn.Module):
-    """``forward(image, mask, class_ids)`` -> logits [N, 1, H/8, W/8], one per overlapping patch."""
+    """``forward(image, mask, class_ids)`` -> logits [N, 1, H/8, W/8], one per overlapping patch.
+    ``input`` standardised (the default: ``standardise``) or raw, the [0, 1]
+    pixels as they are (how entries 13-24 of docs/EXPERIMENTS.md trained)."""
 
-    def __init__(self, base: int = 32, spectral_norm: bool = False):
+    def __init__(self, base: int = 32, spectral_norm: bool = False, input: str = "standardised"):
         super().__init__()
+        if input not in ("standardised", "raw"):
+            raise ValueError(f"discriminator input must be 'standardised' or 'raw', got {input!r}")
+        self.standardised = input == "standardised"
         sn = nn.utils.spectral_norm if spectral_norm else (lambda layer: layer)
         cin = 2 + NUM_CLASSES
         self.net = nn.Sequential(
@@ -96,6 +121,8 @@ class PatchDiscriminator(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        if self.standardised:
+            image = standardise(image.float(), mask.float()).to(image.dtype)
         return self.net(torch.cat([image, mask, class_map(mask, class_ids)], 1)).float()
 
 

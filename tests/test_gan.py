@@ -12,7 +12,15 @@ import torch
 from core.config import ConfigError, load_config
 from core.gan_config import load_gan_config
 from datasets.severstal import Annotations
-from models.gan import DefectGenerator, PatchDiscriminator, discriminator_loss, erase, generator_adv_loss, logit_weights
+from models.gan import (
+    DefectGenerator,
+    PatchDiscriminator,
+    discriminator_loss,
+    erase,
+    generator_adv_loss,
+    logit_weights,
+    standardise,
+)
 from training.data import build_train_dataset, load_run_data
 from training.gan import GanTrainer, synthesize, train_gan
 
@@ -136,6 +144,8 @@ def test_gan_config_is_checked():
         load_gan_config(overrides=["--train.epochs=3"])
     with pytest.raises(ConfigError, match="not one of"):
         load_gan_config(overrides=["--loss.adversarial=wgan"])
+    with pytest.raises(ConfigError, match="model.disc_input"):
+        load_gan_config(overrides=["--model.disc_input=normalised"])
 
 
 def test_adversarial_losses_count_only_the_cells_that_hold_the_mask():
@@ -148,3 +158,70 @@ def test_adversarial_losses_count_only_the_cells_that_hold_the_mask():
     assert float(discriminator_loss(real, fake, "hinge", weight)) == 0.0
     assert float(discriminator_loss(real, fake, "lsgan", weight)) == 0.5
     assert float(generator_adv_loss(fake, "hinge", weight)) == 1.0
+
+
+def test_discriminator_sees_patches_standardised_by_their_background():
+    torch.manual_seed(0)
+    image = torch.rand(3, 1, 32, 32) * 0.2 + 0.4
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[:, :, 8:20, 8:24] = 1
+    mask[2] = 1  # all mask: centred on its own mean, no division by a zero count
+    out = standardise(image, mask)
+    outside = out[:2][mask[:2] == 0].view(2, -1)
+    torch.testing.assert_close(outside.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(outside.std(1, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+    assert torch.isfinite(out).all() and abs(float(out[2].mean())) < 1e-5
+    # a strip's brightness and contrast do not reach the discriminator; the raw one sees them
+    brighter = image * 0.5 + 0.3
+    torch.testing.assert_close(standardise(brighter, mask), out, atol=1e-4, rtol=0)
+    class_ids = torch.tensor([1, 2, 3])
+    torch.manual_seed(1)
+    standardised = PatchDiscriminator(8)
+    torch.testing.assert_close(standardised(brighter, mask, class_ids), standardised(image, mask, class_ids),
+                               atol=1e-4, rtol=0)
+    raw = PatchDiscriminator(8, input="raw")
+    raw.load_state_dict(standardised.state_dict())
+    with torch.no_grad():
+        assert float((raw(brighter, mask, class_ids) - raw(image, mask, class_ids)).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="standardised"):
+        PatchDiscriminator(8, input="centred")
+
+
+def faint_pits(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Real patches (pits 0.05 darker than their strip, strips of random
+    brightness 0.2-0.8), their masks, and fakes that fill the mask with the
+    strip's grey: what the generator painted while its discriminator saw raw
+    pixels (EXPERIMENTS.md, entry 24)."""
+    base = rng.uniform(0.2, 0.8, (n, 1, 1, 1)) + rng.normal(0, 0.01, (n, 1, 32, 32))
+    mask = np.zeros((n, 1, 32, 32))
+    mask[:, :, 8:24, 8:24] = 1
+    pits = (rng.random((n, 1, 32, 32)) < 0.15) * mask
+    real = base - 0.05 * pits
+    fake = base * (1 - mask) + base.mean((2, 3), keepdims=True) * mask
+    return tuple(torch.from_numpy(a).float() for a in (real, mask, fake))
+
+
+def test_a_standardised_discriminator_tells_faint_defects_from_a_flat_fill():
+    """The regression behind entry 24: on raw pixels the discriminator stays
+    near chance (hinge loss 2.0) on faint pits; standardised it learns them."""
+    losses = {}
+    for kind in ("raw", "standardised"):
+        torch.manual_seed(0)
+        disc = PatchDiscriminator(8, input=kind)
+        opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        rng = np.random.default_rng(0)
+        class_ids = torch.ones(8, dtype=torch.long)
+        for _ in range(60):
+            real, mask, fake = faint_pits(rng, 8)
+            real_logits = disc(real, mask, class_ids)
+            loss = discriminator_loss(real_logits, disc(fake, mask, class_ids), "hinge",
+                                      logit_weights(mask, real_logits))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        real, mask, fake = faint_pits(np.random.default_rng(1), 32)
+        with torch.no_grad():
+            real_logits = disc(real, mask, class_ids[:1].repeat(32))
+            losses[kind] = float(discriminator_loss(real_logits, disc(fake, mask, class_ids[:1].repeat(32)), "hinge",
+                                                    logit_weights(mask, real_logits)))
+    assert losses["standardised"] < 1.0 < 1.5 < losses["raw"], losses

@@ -83,7 +83,7 @@ class GanTrainer:
         self.patches = patches or training_patches(cfg)
         torch.manual_seed(cfg.train.seed)
         self.generator = build_generator(cfg).to(self.device)
-        self.discriminator = PatchDiscriminator(cfg.model.disc_channels).to(self.device)
+        self.discriminator = PatchDiscriminator(cfg.model.disc_channels, input=cfg.model.disc_input).to(self.device)
         betas = tuple(cfg.train.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.train.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.train.lr_d, betas=betas)
