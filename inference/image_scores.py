@@ -37,14 +37,20 @@ def class_scores(probs: torch.Tensor, class_probs: torch.Tensor | None) -> list[
     return [round(float(s), 6) for s in scores]
 
 
-def write_anomaly_png(path: Path, anomaly: np.ndarray) -> None:
-    """anomaly float [H, W] in [0, 1] -> a uint16 PNG at ``path`` (atomically)."""
+def encode_anomaly_png(anomaly: np.ndarray) -> bytes:
+    """anomaly float [H, W] in [0, 1] -> the bytes of a uint16 PNG."""
     values = np.round(np.clip(anomaly, 0, 1) * UINT16_MAX).astype(np.uint16)
     ok, encoded = cv2.imencode(".png", values)
     if not ok:
-        raise OSError(f"cannot encode the anomaly map {path}")
+        raise OSError(f"cannot encode an anomaly map of shape {values.shape} as PNG")
+    return encoded.tobytes()
+
+
+def write_anomaly_png(path: Path, anomaly: np.ndarray) -> None:
+    """anomaly float [H, W] in [0, 1] -> a uint16 PNG at ``path`` (atomically)."""
+    encoded = encode_anomaly_png(anomaly)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
+        tmp.write_bytes(encoded)
 
 
 def read_anomaly_png(path: Path) -> np.ndarray:

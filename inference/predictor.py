@@ -269,6 +269,16 @@ def class_map(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where(masks.any(0), scores.argmax(0) + 1, 0).astype(np.uint8)
 
 
+def anomaly_outputs(probs: torch.Tensor, image: torch.Tensor, anomaly_score=None) -> tuple[np.ndarray, float]:
+    """An anomaly model's map (float [H, W], its first channel) and the
+    strip's score: ``anomaly_score(map, grey)`` where the model has one
+    (``Predictor.anomaly_score``), else the map's maximum; rounded as written."""
+    anomaly = probs[0].numpy()
+    if anomaly_score is None:
+        return anomaly, round(float(anomaly.max()), 6)
+    return anomaly, round(float(anomaly_score(anomaly, grey_of(image.permute(1, 2, 0).numpy() * 255))), 6)
+
+
 class ResultWriter:
     """Post-processes one image and writes its outputs under ``out_dir``
     (masks always, probs and overlays when asked), then its journal record:
@@ -305,13 +315,8 @@ class ResultWriter:
         record = {"image": name, "rles": [rle_encode(m) for m in masks], "shape": list(masks.shape[1:]),
                   "scores": class_scores(probs, class_probs)}
         if self.anomaly:
-            anomaly = probs[0].numpy()
+            anomaly, record["anomaly_score"] = anomaly_outputs(probs, image, self.anomaly_score)
             write_anomaly_png(self.out_dir / ANOMALY_DIR / f"{stem}.png", anomaly)
-            if self.anomaly_score is None:
-                score = float(anomaly.max())
-            else:
-                score = self.anomaly_score(anomaly, grey_of(image.permute(1, 2, 0).numpy() * 255))
-            record["anomaly_score"] = round(score, 6)
         self.journal.append(record)
 
     def skip(self, name: str, error: Exception) -> None:

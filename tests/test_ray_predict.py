@@ -17,14 +17,28 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from test_predict import noise_image, save_tiny_checkpoint, write_images
 
 import predict
-from core.config import ConfigError, RayConfig
+from core.checkpoint import save_checkpoint
+from core.config import ConfigError, RayConfig, load_config, to_dict
 from datasets.io import ImageReadError, read_image, to_tensor
+from datasets.severstal import RERELEASED
 from datasets.synthetic import make_dataset
-from inference.predictor import JOURNAL_DIR, SKIPPED, SUBMISSION, Journal, ResultWriter, read_journals
+from inference.image_scores import ANOMALY_DIR, ANOMALY_SCORES, IMAGE_SCORES
+from inference.predictor import (
+    JOURNAL_DIR,
+    SKIPPED,
+    SUBMISSION,
+    Journal,
+    ResultWriter,
+    read_journals,
+    write_submission,
+)
+from models import build_model
 from workflows import ray_predict
 from workflows.cross_validation import load_predictor
 from workflows.ray_predict import PredictWorker, image_sources, plan, ray_config, read_batch, read_source
@@ -103,9 +117,39 @@ def test_the_worker_writes_what_the_plain_writer_writes(checkpoint, tmp_path):
             assert "cannot decode image" in out["error"][i]
             continue
         assert [out[f"rle{c}"][i] for c in (1, 2, 3, 4)] == plain[name]["rles"]
+        assert list(out["scores"][i]) == plain[name]["scores"]  # image_scores.csv's values
+        assert np.isnan(out["anomaly_score"][i]) and len(out["anomaly_png"][i]) == 0  # not an anomaly model
         assert list(out["shape"][i]) == [128, 256]
         png = (tmp_path / "plain" / "masks" / f"{Path(name).stem}.png").read_bytes()
         assert np.asarray(out["png"][i]).tobytes() == png
+
+
+def test_an_anomaly_models_rows_become_the_plain_runs_files(tmp_path):
+    """An autoencoder through the actor and the driver's writer (no Ray):
+    the same anomaly maps, anomaly_scores.csv, image_scores.csv, submission
+    and mask files as the plain predict.py."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["--model.name=autoencoder", "--model.autoencoder.channels=[8, 16]"])
+    save_checkpoint({"model": build_model(cfg).state_dict(), "ema": None, "config": to_dict(cfg), "epoch": 1,
+                     "step": 1, "best_score": 0.0}, tmp_path / "ae.pt")
+    images = write_images(tmp_path / "images", {f"s{i}.jpg": noise_image(64, 256, seed=i) for i in range(2)})
+    (images / "bad.jpg").write_bytes(b"not a jpeg")
+    flags = ["--predict.tile=64", "--predict.stride=64"]
+    plain = tmp_path / "plain"
+    predict.main(["--checkpoint", str(tmp_path / "ae.pt"), "--images", str(images), "--out", str(plain),
+                  "--predict.num_workers=0", *flags])
+
+    names = sorted(p.name for p in images.iterdir())
+    sources = {"image": np.array(names, dtype=object), "source": np.array([str(images / n) for n in names])}
+    rows = PredictWorker([str(tmp_path / "ae.pt")], flags, "cpu", threads=1, read=True)(sources)
+    ray_out = tmp_path / "ray"
+    with Journal(ray_out / JOURNAL_DIR / "rank0.jsonl") as journal:
+        assert ray_predict._write_batch(rows, ray_out, journal) == 2
+    write_submission(ray_out, names, RERELEASED, 2)
+    for name in (SUBMISSION, SKIPPED, IMAGE_SCORES, ANOMALY_SCORES, "masks/s0.png", "masks/s1.png",
+                 f"{ANOMALY_DIR}/s0.png", f"{ANOMALY_DIR}/s1.png"):
+        assert (ray_out / name).read_bytes() == (plain / name).read_bytes(), name
+    assert len(pd.read_csv(ray_out / ANOMALY_SCORES)) == 2
 
 
 def test_the_plan_sizes_the_pool_and_refuses_what_would_hang():
@@ -186,13 +230,15 @@ def run_ray(checkpoint, images, out: Path, *extra: str):
 
 
 def assert_same_outputs(plain: Path, other: Path) -> None:
-    """Submission (rows sorted), skipped list and every mask file, byte for byte."""
+    """Submission (rows sorted), skipped list, image scores and every mask file, byte for byte."""
     def rows(path):
         header, *body = path.read_bytes().splitlines()
         return header, sorted(body)
 
     assert rows(other / SUBMISSION) == rows(plain / SUBMISSION)
     assert (other / SKIPPED).read_bytes() == (plain / SKIPPED).read_bytes()
+    assert (other / IMAGE_SCORES).read_bytes() == (plain / IMAGE_SCORES).read_bytes()
+    assert len(pd.read_csv(plain / IMAGE_SCORES)) == N_STRIPS
     masks = sorted(p.name for p in (plain / "masks").iterdir())
     assert len(masks) == N_STRIPS and sorted(p.name for p in (other / "masks").iterdir()) == masks
     for name in masks:

@@ -6,9 +6,10 @@ streaming pipeline that Ray schedules over the CPUs and GPUs of a cluster:
     image sources (a folder, a text file of paths or URIs, or a folder URI)
     -> read and decode (any file system pyarrow reads: local, s3://, gs://, hdfs://)
     -> ``PredictWorker`` (a pool of Ray actors, each holding the models: one per GPU, or CPU actors):
-       tiled probabilities, post-processing, RLE and the mask PNG of each image
+       tiled probabilities, post-processing, RLE, the mask PNG and the image-level
+       scores of each image (and an anomaly model's map and score)
     -> the driver, which streams the rows back (``iter_batches``) and writes
-       ``masks/<stem>.png`` and a journal line per image as it arrives.
+       ``masks/<stem>.png`` (``anomaly/<stem>.png``) and a journal line per image as it arrives.
 
 GPU actors get their images from Ray tasks, a stage of its own that decodes
 while the GPUs predict; CPU actors read their own (``ray.read=auto``): on
@@ -17,7 +18,8 @@ separate stage only adds a copy of every strip through the object store and
 the scheduling of its tasks (measured in docs/BENCHMARKS.md).
 
 The outputs are those of the plain run (inference/predictor.py): the
-submission and ``skipped.txt`` are written at the end from the journal, so
+submission, ``skipped.txt``, ``image_scores.csv`` (and an anomaly model's
+``anomaly_scores.csv``) are written at the end from the journal, so
 the driver holds RLE strings only, never the images or their masks, and
 ``--resume`` predicts only the images an earlier run (plain or Ray) into the
 same folder did not finish.
@@ -53,10 +55,12 @@ from core.progress import progress
 from datasets.io import ImageReadError, decode_image, read_image, to_tensor
 from datasets.rle import rle_encode
 from datasets.severstal import IMAGE_SUFFIXES, RERELEASED, list_images
+from inference.image_scores import ANOMALY_DIR, class_scores, encode_anomaly_png
 from inference.predictor import (
     JOURNAL_DIR,
     Journal,
     RunSummary,
+    anomaly_outputs,
     check_stems,
     class_map,
     same_size_groups,
@@ -187,7 +191,10 @@ class PredictWorker:
     """A Ray actor holding the models: rows ``{image, pixels, error}`` (or
     ``{image, source}`` when it reads the images itself, ``read=True``) ->
     ``{image, rle1..rle4: the RLE of each class, shape: [H, W], png: the
-    masks/<stem>.png bytes, error}``, as ``ResultWriter`` would write them."""
+    masks/<stem>.png bytes, scores: the 4 image-level class scores,
+    anomaly_png and anomaly_score: an anomaly model's map (anomaly/<stem>.png
+    bytes) and score (empty and NaN for other models), error}``, as
+    ``ResultWriter`` would write them."""
 
     def __init__(self, checkpoints: Sequence[str], overrides: Sequence[str], device: str, threads: int,
                  read: bool = False):
@@ -202,16 +209,25 @@ class PredictWorker:
         if self.read:
             batch = read_batch(batch)
         n = len(batch["image"])
-        rles, shapes, pngs = [[""] * 4 for _ in range(n)], [[0, 0] for _ in range(n)], [b""] * n  # unreadable rows
+        # what an unreadable row keeps
+        rles, shapes, pngs = [[""] * 4 for _ in range(n)], [[0, 0] for _ in range(n)], [b""] * n
+        scores, anomaly_pngs, anomaly_scores = np.full((n, 4), np.nan), [b""] * n, np.full(n, np.nan)
         readable = [i for i in range(n) if not batch["error"][i]]
         items = ((i, to_tensor(np.asarray(batch["pixels"][i]))) for i in readable)
         for indices, images in same_size_groups(items, self.predictor.images_per_call):
             probs, class_probs = self.predictor.predict_probs(images)
             for k, i in enumerate(indices):
-                rles[i], shapes[i], pngs[i] = self._outputs(probs[k], None if class_probs is None else class_probs[k])
+                cp = None if class_probs is None else class_probs[k]
+                rles[i], shapes[i], pngs[i] = self._outputs(probs[k], cp)
+                scores[i] = class_scores(probs[k], cp)
+                if self.predictor.anomaly:
+                    anomaly, anomaly_scores[i] = anomaly_outputs(probs[k], images[k], self.predictor.anomaly_score)
+                    anomaly_pngs[i] = encode_anomaly_png(anomaly)
         columns = {f"rle{c}": np.array([r[c - 1] for r in rles], dtype=object) for c in CLASS_IDS}
         return {"image": batch["image"], **columns, "shape": np.array(shapes, np.int64),
-                "png": _ragged([np.frombuffer(p, np.uint8) for p in pngs]), "error": batch["error"]}
+                "png": _ragged([np.frombuffer(p, np.uint8) for p in pngs]), "scores": scores,
+                "anomaly_png": _ragged([np.frombuffer(p, np.uint8) for p in anomaly_pngs]),
+                "anomaly_score": anomaly_scores, "error": batch["error"]}
 
     def _outputs(self, probs: torch.Tensor, class_probs: torch.Tensor | None) -> tuple[list[str], list[int], bytes]:
         masks = self.postprocess(probs, class_probs)
@@ -353,9 +369,15 @@ def _write_batch(batch: dict[str, np.ndarray], out_dir: Path, journal: Journal) 
         if error:
             journal.append({"image": name, "error": error})
             continue
-        with atomic_path(out_dir / "masks" / f"{Path(name).stem}.png") as tmp:
+        stem = Path(name).stem
+        with atomic_path(out_dir / "masks" / f"{stem}.png") as tmp:
             tmp.write_bytes(np.asarray(batch["png"][i], np.uint8).tobytes())
-        journal.append({"image": name, "rles": [str(batch[f"rle{c}"][i]) for c in CLASS_IDS],
-                        "shape": [int(v) for v in batch["shape"][i]]})
+        record = {"image": name, "rles": [str(batch[f"rle{c}"][i]) for c in CLASS_IDS],
+                  "shape": [int(v) for v in batch["shape"][i]], "scores": [float(v) for v in batch["scores"][i]]}
+        if not np.isnan(batch["anomaly_score"][i]):
+            with atomic_path(out_dir / ANOMALY_DIR / f"{stem}.png") as tmp:
+                tmp.write_bytes(np.asarray(batch["anomaly_png"][i], np.uint8).tobytes())
+            record["anomaly_score"] = float(batch["anomaly_score"][i])
+        journal.append(record)
         n_written += 1
     return n_written
