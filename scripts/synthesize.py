@@ -7,7 +7,8 @@ Each strip is a defect-free training strip of the GAN's fold with one real
 instance shape of the class (flipped, scaled, shifted) painted into a patch
 window by the generator; its mask is that shape. Writes
 ``S/train_images/gan_c<class>_<k>.jpg``, ``S/train.csv`` (written last: a
-folder with one is complete, and is left alone), ``S/synthesis.json`` and
+folder with one is complete: a rerun with the same arguments leaves it alone,
+one with another checkpoint, ``--per-class`` or ``--seed`` is refused), ``S/synthesis.json`` and
 ``S/grid.png`` (per class, real patches above generated ones).
 ``--section.key=value`` overrides apply to the checkpoint's stored GAN config
 (e.g. ``--data.root``, ``--train.device``).
@@ -49,8 +50,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the backgrounds, shapes and noise (default 0)")
     args, overrides = parse_with_overrides(parser, argv)
     if (args.out / "train.csv").is_file():
-        print(f"{args.out} already holds a synthesis (train.csv); left as it is", flush=True)
-        return json.loads((args.out / "synthesis.json").read_text())
+        done = json.loads((args.out / "synthesis.json").read_text())
+        asked = {"checkpoint": str(args.checkpoint), "per_class": {str(c): n for c, n in sorted(args.per_class.items())},
+                 "seed": args.seed}
+        if differ := [k for k, v in asked.items() if done.get(k) != v]:
+            raise SystemExit(f"{args.out} already holds a synthesis made with other arguments ("
+                             + ", ".join(f"{k}: {done.get(k)} there, {asked[k]} now" for k in differ)
+                             + "): give another --out or delete that folder")
+        print(f"{args.out} already holds this synthesis (train.csv); left as it is", flush=True)
+        return done
     try:
         summary = synthesize(args.checkpoint, args.out, args.per_class, overrides, seed=args.seed)
     except ConfigError as err:

@@ -2,6 +2,7 @@
 that keeps the background, exact resume, and synthesised strips that the
 data layer reads back with their masks (training only)."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from training.data import build_train_dataset, load_run_data
 from training.gan import GanTrainer, synthesize, train_gan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 NO_AUGMENT = [f"--augment.{k}=0" for k in ("hflip", "vflip", "brightness_contrast", "gamma", "noise", "blur", "affine")]
 
 
@@ -122,6 +124,24 @@ def test_synthesized_folder_is_read_back_with_its_masks_for_training_only(tiny_d
     assert image.shape == (3, 256, 1600)
     np.testing.assert_array_equal(target["masks"].numpy(), extra.masks("gan_c3_00002.jpg").astype(np.float32))
     assert target["labels"].tolist() == [0, 0, 1, 0]
+
+
+def test_synthesize_script_keeps_a_finished_folder_and_refuses_other_arguments(tiny_data, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("synthesize_script", ROOT / "scripts" / "synthesize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    train_gan(gan_config(tiny_data, tmp_path / "gan", "--train.steps=1"), verbose=False)
+    args = ["--checkpoint", str(tmp_path / "gan" / "last.pt"), "--out", str(tmp_path / "s"), "--per-class", "3:2"]
+    first = script.main(args)
+    assert first["images"] == 2 and first["per_class"] == {"3": 2}
+    assert script.main(args) == first and "already holds this synthesis" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"per_class: \{'3': 2\} there, \{'3': 5\} now"):
+        script.main(args[:-1] + ["3:5"])
+    with pytest.raises(SystemExit, match="seed: 0 there, 1 now"):
+        script.main(args + ["--seed", "1"])
+    with pytest.raises(SystemExit):  # argparse: exit 2, the reason on stderr
+        script.main(args[:-1] + ["3-5"])
+    assert "'3-5': give class:count" in capsys.readouterr().err
 
 
 def test_synthesize_refuses_a_class_the_gan_did_not_learn(tiny_data, tmp_path):
