@@ -23,7 +23,7 @@ from models.gan import (
     standardise,
 )
 from training.data import build_train_dataset, load_run_data
-from training.gan import GanTrainer, synthesize, train_gan
+from training.gan import GanTrainer, synthesize, train_gan, training_patches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,22 @@ def test_short_fit_keeps_pixels_outside_the_mask(tiny_data, tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "gan" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == list(range(2, 31, 2))
     assert (tmp_path / "gan" / "samples" / "step000030.png").is_file()
+
+
+def test_gan_learns_and_paints_only_training_fold_shapes_and_backgrounds(tiny_data, tmp_path):
+    """Real patches, shapes to paint and defect-free backgrounds all come
+    from the training strips of the fold, never from its validation strips."""
+    cfg = gan_config(tiny_data, tmp_path / "gan", "--train.classes=[1,2,3,4]")
+    patches = training_patches(cfg)
+    data = load_run_data(cfg)
+    assert patches.pool.source_ids() and not patches.pool.source_ids() & set(data.val_ids)
+    assert set(patches.pool.source_ids()) <= set(data.train_ids)
+    assert patches.free_ids and not set(patches.free_ids) & set(data.val_ids)
+    rng = np.random.default_rng(0)
+    for class_id in patches.pool.classes:
+        shape = patches.shape(rng, class_id)
+        assert shape.shape == (32, 32) and shape.any() and set(np.unique(shape)) <= {0.0, 1.0}
+        assert patches.background(rng)[0] in patches.free_ids
 
 
 def test_gan_resumes_exactly(tiny_data, tmp_path):
