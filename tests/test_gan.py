@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.checkpoint import load_checkpoint
 from core.config import ConfigError, load_config
 from core.gan_config import load_gan_config
 from datasets.severstal import Annotations
@@ -91,6 +92,30 @@ def test_gan_learns_and_paints_only_training_fold_shapes_and_backgrounds(tiny_da
         shape = patches.shape(rng, class_id)
         assert shape.shape == (32, 32) and shape.any() and set(np.unique(shape)) <= {0.0, 1.0}
         assert patches.background(rng)[0] in patches.free_ids
+
+
+def test_gan_logs_losses_and_sample_grids_to_wandb(tiny_data, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    logged = []
+
+    class Run:  # what GanTrainer uses of a wandb run
+        id = "run-123"
+
+        def log(self, data, step):
+            logged.append((step, data))
+
+        def finish(self):
+            logged.append(("finished", None))
+
+    monkeypatch.setattr("training.gan._init_wandb", lambda cfg, resume_id: Run())
+    cfg = gan_config(tiny_data, tmp_path / "gan", "--train.steps=4", "--train.sample_every=2", "--wandb.mode=offline")
+    train_gan(cfg, verbose=False)
+    samples = [(step, data["samples"]) for step, data in logged if isinstance(data, dict) and "samples" in data]
+    assert [step for step, _ in samples] == [2, 4]
+    assert all(isinstance(image, wandb.Image) for _, image in samples)
+    losses = [step for step, data in logged if isinstance(data, dict) and "d_loss" in data]
+    assert losses == [2, 4] and logged[-1] == ("finished", None)
+    assert load_checkpoint(tmp_path / "gan" / "last.pt")["wandb_id"] == "run-123"  # a resume continues the run
 
 
 def test_gan_resumes_exactly(tiny_data, tmp_path):
