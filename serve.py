@@ -7,7 +7,8 @@
         http://127.0.0.1:8000/v1/inspect
 
 The models, tiler and post-processing are predict.py's (the same checkpoint
-defaults, the same overrides, the same masks). API keys come from
+defaults, the same overrides, the same masks); ``--checkpoint model.onnx``
+(scripts/export.py's file) serves through ONNX Runtime instead. API keys come from
 SEVERSTAL_API_KEYS (comma-separated) or --api-keys-file (one per line); the
 server refuses to start without any unless --no-auth is given. Endpoints:
 POST /v1/inspect (raw image/jpeg or image/png body, or multipart field

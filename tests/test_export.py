@@ -25,6 +25,7 @@ import serve
 from core.checkpoint import save_checkpoint
 from core.config import ConfigError, load_config, to_dict
 from core.precision import resolve_amp
+from datasets.io import read_image, to_tensor
 from datasets.rle import rle_decode
 from inference.onnx_export import (
     AveragedModel,
@@ -203,16 +204,28 @@ def test_onnx_overrides_and_refusals(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_answers_with_the_onnx_file(exported):
-    args = SimpleNamespace(checkpoint=[exported.path], device="cpu")
-    inspector = serve.build_inspector(args, [])
-    image = np.full((256, 512, 3), 120, np.uint8)
+def test_serve_answers_with_the_onnx_file(exported, tmp_path):
+    """The service on the exported file answers as on the checkpoints it came
+    from: the same verdicts and class probabilities, masks that differ only
+    at pixels within 1e-3 of the threshold."""
     from serving.inspector import Request
 
-    answer = inspector.inspect_batch([Request(image, "x.jpg")])[0]
-    assert isinstance(inspector.predictor, OnnxPredictor)
-    assert answer["width"] == 512 and len(answer["classes"]) == 4
-    assert answer["model"]["sha256"] == sha256_of(exported.path)
+    onnx_inspector = serve.build_inspector(SimpleNamespace(checkpoint=[exported.path], device="cpu"), [])
+    eager_inspector = serve.build_inspector(SimpleNamespace(checkpoint=exported.checkpoints, device="cpu"),
+                                            [f"--postprocess.file={_tuned_file(tmp_path)}"])
+    assert isinstance(onnx_inspector.predictor, OnnxPredictor)
+    names = ["s0.jpg", "s1.jpg"]
+    requests = [Request(read_image(exported.images / name), name) for name in names]
+    onnx_answers, eager_answers = onnx_inspector.inspect_batch(requests), eager_inspector.inspect_batch(requests)
+    for name, a, b in zip(names, onnx_answers, eager_answers):
+        assert a["model"]["sha256"] == sha256_of(exported.path)
+        assert (a["width"], a["height"], a["verdict"]) == (b["width"], b["height"], b["verdict"])
+        probs = eager_inspector.predictor.predict_probs(to_tensor(read_image(exported.images / name))[None])[0][0]
+        for ca, cb in zip(a["classes"], b["classes"]):
+            assert ca["class_id"] == cb["class_id"] and abs(ca["probability"] - cb["probability"]) <= 1e-3
+            differ = rle_decode(ca["rle"], (a["height"], a["width"])) != rle_decode(cb["rle"], (b["height"], b["width"]))
+            near = (probs[ca["class_id"] - 1] - TUNED["threshold"][ca["class_id"] - 1]).abs().numpy() <= 1e-3
+            assert near[differ].all(), f"{name} class {ca['class_id']}: masks differ away from the threshold"
 
 
 def test_the_cuda_provider_is_asked_for_only_where_installed():
