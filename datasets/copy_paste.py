@@ -95,7 +95,9 @@ class CopyPaste(A.DualTransform):
     edge to 1 over ``feather`` pixels inside it) or "poisson"
     (``cv2.seamlessClone`` of the instance, kept inside its mask). An
     instance larger than the crop is cut to a random crop-sized window of it.
-    Targets: the image and the four class masks (``masks=[4, h, w]``)."""
+    Targets: the image and the four class masks (``masks=[4, h, w]``); called
+    with ``image_id=`` (the strip's id, as the training dataset does), it
+    pastes only instances of other strips."""
 
     def __init__(self, pool: InstancePool, max_pastes: int = 1, blend: str = "alpha", feather: int = 3,
                  p: float = 0.5):
@@ -112,9 +114,14 @@ class CopyPaste(A.DualTransform):
         if not self.pool.classes:
             return {"pastes": pastes}
         rng = self.random_generator
+        own = data.get("image_id")  # the strip being augmented, when the caller names it: never its own defects
         for _ in range(int(rng.integers(1, self.max_pastes + 1))):
             class_id = self.pool.classes[int(rng.integers(len(self.pool.classes)))]
             found = self.pool.by_class[class_id]
+            if own is not None and any(i.image_id == own for i in found):
+                found = [i for i in found if i.image_id != own]
+                if not found:
+                    continue
             instance = found[int(rng.integers(len(found)))]
             # Poisson blending needs the source's edge around the instance: a margin of its pixels
             margin = POISSON_MARGIN if self.blend == "poisson" else 0

@@ -79,7 +79,7 @@ class SeverstalSegmentation(Dataset):
             image, masks = random_crop(image, masks, crop, self.crop_defect_prob, self.generator)
         if self.transform is not None:
             self.transform.set_random_seed(int(torch.randint(2**31, (), generator=self.generator)))
-            out = self.transform(image=image, masks=masks)
+            out = self.transform(image=image, masks=masks, image_id=self.image_ids[index])  # copy-paste reads the id
             image, masks = np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["masks"], np.uint8)
         return image, masks
 

@@ -119,9 +119,28 @@ def test_never_pastes_from_validation(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(paster.pool, "pixels",
                         lambda instance, *a: read.append(instance.image_id) or original(instance, *a))
     dataset.set_seed(0)
+    n_read = 0
     for index in range(len(dataset)):
         dataset.sample(index)
-    assert len(read) >= len(dataset) and not set(read) & set(data.val_ids)
+        assert dataset.image_ids[index] not in read, "pasted a strip's own defect into it"
+        n_read += len(read)
+        assert not set(read) & set(data.val_ids)
+        read.clear()
+    assert n_read >= len(dataset)
+
+
+def test_never_pastes_a_strips_own_defects(pool):
+    """Named by ``image_id``, the strip being augmented gives nothing: with
+    one strip in the pool, nothing is pasted into it, however often asked."""
+    (only,) = pool.source_ids()
+    transform = A.Compose([CopyPaste(pool, max_pastes=3, p=1.0)])
+    image, masks = np.full((64, 128, 3), 100, np.uint8), np.zeros((4, 64, 128), np.uint8)
+    for seed in range(5):
+        transform.set_random_seed(seed)
+        out = transform(image=image, masks=masks, image_id=only)
+        assert (out["image"] == image).all() and not out["masks"].any()
+        transform.set_random_seed(seed)
+        assert transform(image=image, masks=masks, image_id="other.jpg")["masks"].any()
 
 
 def test_copy_paste_config_is_checked():
