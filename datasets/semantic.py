@@ -29,7 +29,7 @@ class SeverstalSegmentation(Dataset):
     crop contains a defect pixel (drawn uniformly among them) with probability
     ``crop_defect_prob``; otherwise its position is uniform. ``transform`` is
     an Albumentations transform, called as ``transform(image=uint8 [h, w, 3],
-    masks=uint8 [4, h, w])`` after cropping and reseeded for every item
+    masks=uint8 [4, h, w], image_id=str)`` after cropping and reseeded for every item
     (e.g. ``datasets.augment.build_train_transform``).
     """
 
