@@ -147,3 +147,30 @@ def test_tiny_study_end_to_end_then_resumed(tiny_data, tmp_path, capsys):
     assert capsys.readouterr().out.count("done before") == 4
     with pytest.raises(SystemExit, match="was made with"):
         ablate["main"]([*argv, "--train.epochs=2"])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_tiny_study_with_the_gan(tiny_data, tmp_path):
+    """The gan and both cells: the setting's GAN is trained once on its
+    training strips, its strips are synthesised once and both cells train on
+    them as extra data (never validation); both adds copy-paste."""
+    split_of(tiny_data)
+    study = tmp_path / "study"
+    argv = ["--out", str(study), "--data", str(tiny_data), "--settings", "full", "--seeds", "0",
+            "--variants", "gan,both", "--gan-steps", "2", "--gan-per-class", "1:2,2:2", *TINY]
+    results = ablate["main"](argv)
+    assert [(r["variant"], r["seed"]) for r in results] == [("gan", 0), ("both", 0)]
+    synth = study / "full" / "synth"
+    assert sorted(list_images(synth / "train_images")) == ["gan_c1_00000.jpg", "gan_c1_00001.jpg",
+                                                           "gan_c2_00000.jpg", "gan_c2_00001.jpg"]
+    gan_config = yaml.safe_load((study / "full" / "gan_model" / "config.yaml").read_text())
+    assert gan_config["train"]["steps"] == 2 and gan_config["train"]["classes"] == [1, 2]
+    assert gan_config["model"]["disc_input"] == "standardised"
+    for r in results:
+        config = yaml.safe_load((study / "full" / r["variant"] / "seed0" / "run" / "config.yaml").read_text())
+        assert Path(config["data"]["extra_root"]) == synth
+        assert (config["augment"]["copy_paste"]["p"] > 0) == (r["variant"] == "both")
+        data = load_run_data(load_config(base=config))
+        assert set(data.train_ids) >= set(list_images(synth / "train_images"))
+        assert not set(data.val_ids) & set(list_images(synth / "train_images"))
