@@ -55,12 +55,16 @@ class InstancePool:
         self.annotations = annotations
         self.image_ids = list(image_ids)
         self.by_class: dict[int, list[Instance]] = {int(c): [] for c in classes}
-        for image_id in self.image_ids:
+        # (image_id, class_id) -> the [start, stop) of that strip's instances in by_class[class_id]: a strip's
+        # instances of a class are appended together, so they are one contiguous run
+        self.spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for image_id in dict.fromkeys(self.image_ids):  # once each: a strip's run stays contiguous
             present = [c for c in annotations.classes_present(image_id) if c in self.by_class]
             if not present:
                 continue
             masks = annotations.masks(image_id)
             for class_id in present:
+                start = len(self.by_class[class_id])
                 count, labels, stats, _ = cv2.connectedComponentsWithStats(masks[class_id - 1], connectivity=8)
                 for k in range(1, count):
                     left, top, width, height, area = (int(v) for v in stats[k])
@@ -69,6 +73,8 @@ class InstancePool:
                     box = labels[top:top + height, left:left + width] == k
                     self.by_class[class_id].append(
                         Instance(image_id, class_id, top, left, np.packbits(box.ravel()), height, width))
+                if len(self.by_class[class_id]) > start:
+                    self.spans[image_id, class_id] = (start, len(self.by_class[class_id]))
         self.classes = [c for c, found in self.by_class.items() if found]
 
     def __len__(self) -> int:
@@ -118,11 +124,12 @@ class CopyPaste(A.DualTransform):
         for _ in range(int(rng.integers(1, self.max_pastes + 1))):
             class_id = self.pool.classes[int(rng.integers(len(self.pool.classes)))]
             found = self.pool.by_class[class_id]
-            if own is not None and any(i.image_id == own for i in found):
-                found = [i for i in found if i.image_id != own]
-                if not found:
-                    continue
-            instance = found[int(rng.integers(len(found)))]
+            # an index among the instances of other strips: the strip's own run [start, stop) is skipped
+            start, stop = self.pool.spans.get((own, class_id), (0, 0))
+            if len(found) == stop - start:
+                continue
+            k = int(rng.integers(len(found) - (stop - start)))
+            instance = found[k + (stop - start) if k >= start else k]
             # Poisson blending needs the source's edge around the instance: a margin of its pixels
             margin = POISSON_MARGIN if self.blend == "poisson" else 0
             mask, pixels = np.pad(instance.mask(), margin), self.pool.pixels(instance, margin)

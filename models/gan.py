@@ -42,9 +42,7 @@ def standardise(image: torch.Tensor, mask: torch.Tensor, eps: float = 1e-2) -> t
     divided by their standard deviation (at least ``eps``), per patch. A patch
     that is all mask is only centred on its own mean."""
     keep = 1 - mask
-    count = keep.sum((1, 2, 3), keepdim=True)
-    empty = count < 1
-    keep = torch.where(empty, torch.ones_like(keep), keep)
+    keep = torch.where(keep.sum((1, 2, 3), keepdim=True) < 1, torch.ones_like(keep), keep)  # all mask: every pixel
     count = keep.sum((1, 2, 3), keepdim=True)
     mean = (image * keep).sum((1, 2, 3), keepdim=True) / count
     std = (((image - mean) ** 2 * keep).sum((1, 2, 3), keepdim=True) / count).sqrt()

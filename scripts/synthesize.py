@@ -50,7 +50,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the backgrounds, shapes and noise (default 0)")
     args, overrides = parse_with_overrides(parser, argv)
     if (args.out / "train.csv").is_file():
-        done = json.loads((args.out / "synthesis.json").read_text())
+        record = args.out / "synthesis.json"
+        done = json.loads(record.read_text()) if record.is_file() else {}  # none: made by something else, refused
         asked = {"checkpoint": str(args.checkpoint), "per_class": {str(c): n for c, n in sorted(args.per_class.items())},
                  "seed": args.seed}
         if differ := [k for k, v in asked.items() if done.get(k) != v]:
